@@ -12,9 +12,12 @@ TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
     ThreadPool pool(threads);
     for (int64_t n : {0, 1, 5, 64, 1001}) {
       std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-      pool.parallel_for(n, [&](int64_t b, int64_t e, int) {
-        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
-      }, 4);
+      pool.parallel_for(
+          n,
+          [&](int64_t b, int64_t e, int) {
+            for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+          },
+          4);
       for (int64_t i = 0; i < n; ++i) EXPECT_EQ(hits[static_cast<size_t>(i)].load(), 1);
     }
   }

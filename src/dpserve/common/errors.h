@@ -22,14 +22,15 @@ template <typename... Args>
 }
 
 // Logs the failed invariant with its location and aborts the process.
-[[noreturn]] void check_failed(const char* expr, const char* file, int line, const std::string& msg);
+[[noreturn]] void check_failed(const char* expr, const char* file, int line,
+                               const std::string& msg);
 
 }  // namespace dpserve
 
 // Checks an invariant; on failure logs "CHECK failed: <expr> (<message>)" and aborts.
-#define DPSERVE_CHECK(cond, ...)                                                       \
-  do {                                                                                 \
-    if (!(cond)) [[unlikely]] {                                                        \
+#define DPSERVE_CHECK(cond, ...)                                                         \
+  do {                                                                                   \
+    if (!(cond)) [[unlikely]] {                                                          \
       ::dpserve::check_failed(#cond, __FILE__, __LINE__, ::fmt::format("" __VA_ARGS__)); \
-    }                                                                                  \
+    }                                                                                    \
   } while (0)

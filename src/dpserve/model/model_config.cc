@@ -18,7 +18,8 @@ int64_t require_int(const nlohmann::json& j, const char* key, const std::string&
   return v;
 }
 
-double get_number(const nlohmann::json& j, const char* key, double dflt, const std::string& source) {
+double get_number(const nlohmann::json& j, const char* key, double dflt,
+                  const std::string& source) {
   if (!j.contains(key) || j[key].is_null()) return dflt;
   if (!j[key].is_number()) throw_error("{}: field '{}' must be a number", source, key);
   return j[key].get<double>();
@@ -107,7 +108,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (c.head_dim % 2 != 0) throw_error("{}: head_dim ({}) must be even for RoPE", source, c.head_dim);
+  if (c.head_dim % 2 != 0)
+    throw_error("{}: head_dim ({}) must be even for RoPE", source, c.head_dim);
   c.max_position_embeddings = j.contains("max_position_embeddings")
                                   ? require_int(j, "max_position_embeddings", source)
                                   : 2048;

@@ -57,7 +57,8 @@ class WeightStore {
   bool has(const std::string& name) const;
   // The named tensor; throws dpserve::Error naming the tensor (and the directory) if missing, or
   // naming the tensor and its file if its shape differs from `expected_shape` (when non-empty).
-  const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape = {}) const;
+  const TensorView& get(const std::string& name,
+                        const std::vector<int64_t>& expected_shape = {}) const;
   // Every tensor name, sorted.
   std::vector<std::string> names() const;
   // Total bytes of all tensors (for progress reporting).
