@@ -53,6 +53,18 @@ TEST(GenerateCli, GreedyTextMatchesReferenceWithBothBackends) {
   }
 }
 
+TEST(GenerateCli, ChatPromptGoesThroughTheTemplate) {
+  // stories260K's template is "{{ bos_token }}" + the trimmed message, so a chat prompt must
+  // produce the same continuation as the plain prompt with BOS; only the echo of the prompt
+  // differs.
+  const nlohmann::json ref = stories_reference();
+  const std::string prompt = ref["prompt_text"].get<std::string>();
+  RunResult chat = run_dpserve("generate --chat --model-path " + kStories + " --prompt '  " +
+                               prompt + "  ' --max-new-tokens 32");
+  EXPECT_EQ(chat.exit_code, 0);
+  EXPECT_EQ(prompt + chat.output, ref["greedy"]["text"].get<std::string>() + "\n");
+}
+
 TEST(GenerateCli, SampledOutputIsReproducibleFromSeed) {
   const std::string args = "generate --model-path " + kStories +
                            " --prompt 'Once upon a time' --max-new-tokens 40 --temperature 1.0 ";

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "dpserve/chat_template/chat_template.h"
 #include "dpserve/common/errors.h"
 #include "dpserve/common/thread_pool.h"
 #include "dpserve/model/models/llama.h"
@@ -68,9 +69,19 @@ int run_generate(const GenerateArgs& args) {
   std::unique_ptr<LlamaForCausalLM> model = load_model(args.model_path, options);
   const ModelConfig& cfg = model->config();
 
-  std::string prompt = args.prompt;
-  if (args.chat) throw_error("--chat: chat templates are not wired into generate yet");
-  const std::vector<int32_t> prompt_ids = tokenizer->encode(prompt, /*add_special_tokens=*/true);
+  // With --chat the prompt becomes one user message rendered by the model's chat template, which
+  // writes its own special tokens (as transformers' apply_chat_template does).
+  std::vector<int32_t> prompt_ids;
+  if (args.chat) {
+    const ChatTemplate tmpl =
+        ChatTemplate::from_tokenizer_config(tok_dir + "/tokenizer_config.json");
+    ChatTemplateOptions opts;
+    opts.add_generation_prompt = true;
+    const nlohmann::ordered_json messages = {{{"role", "user"}, {"content", args.prompt}}};
+    prompt_ids = tokenizer->encode(tmpl.render(messages, opts), /*add_special_tokens=*/false);
+  } else {
+    prompt_ids = tokenizer->encode(args.prompt, /*add_special_tokens=*/true);
+  }
   if (prompt_ids.empty()) throw_error("--prompt: the prompt encodes to no tokens");
   const int64_t context = cfg.max_position_embeddings;
   if (static_cast<int64_t>(prompt_ids.size()) >= context) {
@@ -94,7 +105,7 @@ int run_generate(const GenerateArgs& args) {
 
   std::mt19937_64 rng(args.seed);
   IncrementalDetokenizer detok(*tokenizer, /*skip_special_tokens=*/true, prompt_ids);
-  std::fputs(prompt.c_str(), stdout);
+  if (!args.chat) std::fputs(args.prompt.c_str(), stdout);  // a completion continues the prompt
   std::fflush(stdout);
 
   const auto t0 = std::chrono::steady_clock::now();
