@@ -13,6 +13,7 @@
 #include "dpserve/chat_template/chat_template.h"
 #include "dpserve/common/errors.h"
 #include "dpserve/common/thread_pool.h"
+#include "dpserve/entrypoints/batch_generate.h"
 #include "dpserve/model/models/llama.h"
 #include "dpserve/tokenizer/detokenizer.h"
 #include "dpserve/tokenizer/tokenizer.h"
@@ -58,7 +59,20 @@ ForwardBatch single_sequence_batch(const std::vector<int32_t>& ids, int32_t pref
 
 }  // namespace
 
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, const std::string& tok_dir,
+                                   const std::string& text, bool chat) {
+  // With --chat the prompt becomes one user message rendered by the model's chat template, which
+  // writes its own special tokens (as transformers' apply_chat_template does).
+  if (!chat) return tokenizer.encode(text, /*add_special_tokens=*/true);
+  const ChatTemplate tmpl = ChatTemplate::from_tokenizer_config(tok_dir + "/tokenizer_config.json");
+  ChatTemplateOptions opts;
+  opts.add_generation_prompt = true;
+  const nlohmann::ordered_json messages = {{{"role", "user"}, {"content", text}}};
+  return tokenizer.encode(tmpl.render(messages, opts), /*add_special_tokens=*/false);
+}
+
 int run_generate(const GenerateArgs& args) {
+  if (!args.prompts_file.empty()) return run_batch_generate(args);
   const int threads = args.num_threads > 0 ? args.num_threads : default_num_threads();
   ThreadPool pool(threads);
   const std::string tok_dir = args.tokenizer_path.empty() ? args.model_path : args.tokenizer_path;
@@ -69,19 +83,7 @@ int run_generate(const GenerateArgs& args) {
   std::unique_ptr<LlamaForCausalLM> model = load_model(args.model_path, options);
   const ModelConfig& cfg = model->config();
 
-  // With --chat the prompt becomes one user message rendered by the model's chat template, which
-  // writes its own special tokens (as transformers' apply_chat_template does).
-  std::vector<int32_t> prompt_ids;
-  if (args.chat) {
-    const ChatTemplate tmpl =
-        ChatTemplate::from_tokenizer_config(tok_dir + "/tokenizer_config.json");
-    ChatTemplateOptions opts;
-    opts.add_generation_prompt = true;
-    const nlohmann::ordered_json messages = {{{"role", "user"}, {"content", args.prompt}}};
-    prompt_ids = tokenizer->encode(tmpl.render(messages, opts), /*add_special_tokens=*/false);
-  } else {
-    prompt_ids = tokenizer->encode(args.prompt, /*add_special_tokens=*/true);
-  }
+  std::vector<int32_t> prompt_ids = encode_prompt(*tokenizer, tok_dir, args.prompt, args.chat);
   if (prompt_ids.empty()) throw_error("--prompt: the prompt encodes to no tokens");
   const int64_t context = cfg.max_position_embeddings;
   if (static_cast<int64_t>(prompt_ids.size()) >= context) {

@@ -17,10 +17,16 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "debug, info, warning, error")->capture_default_str();
 
   dpserve::GenerateArgs gen;
-  CLI::App* g = app.add_subcommand("generate", "Generate text for one prompt on this machine");
+  CLI::App* g = app.add_subcommand(
+      "generate", "Generate text for one prompt, or for every prompt of a file, on this machine");
   g->add_option("--model-path", gen.model_path, "Hugging Face model directory")->required();
   g->add_option("--tokenizer-path", gen.tokenizer_path, "Tokenizer directory (default: model)");
-  g->add_option("--prompt", gen.prompt, "Prompt text")->required();
+  CLI::Option* prompt = g->add_option("--prompt", gen.prompt, "Prompt text");
+  CLI::Option* prompts_file =
+      g->add_option("--prompts-file", gen.prompts_file,
+                    "File of prompts run concurrently through the scheduler: one per line, or "
+                    "JSON objects {\"text\": ..., \"sampling_params\": {...}}; prints JSON lines");
+  prompt->excludes(prompts_file);
   g->add_flag("--chat", gen.chat, "Render the prompt as a user message with the chat template");
   g->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate")
       ->capture_default_str()
@@ -28,7 +34,7 @@ int main(int argc, char** argv) {
   g->add_option("--temperature", gen.temperature, "Sampling temperature; 0 is greedy")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 100.0));
-  g->add_option("--seed", gen.seed, "Sampling seed")->capture_default_str();
+  CLI::Option* seed = g->add_option("--seed", gen.seed, "Sampling seed")->capture_default_str();
   g->add_option("--num-threads", gen.num_threads, "Threads (0 = all CPUs)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1024));
@@ -36,6 +42,31 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"flash", "native"}));
   g->add_flag("--ignore-eos", gen.ignore_eos, "Do not stop at end-of-sequence tokens");
+  // Scheduler flags (used with --prompts-file).
+  g->add_option("--page-size", gen.page_size, "KV cache page size in tokens")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  g->add_option("--chunked-prefill-size", gen.chunked_prefill_size,
+                "Most prompt tokens per prefill step (<= 0 disables chunking)")
+      ->capture_default_str();
+  g->add_option("--max-total-tokens", gen.max_total_tokens, "KV cache size in tokens")
+      ->check(CLI::NonNegativeNumber);
+  g->add_option("--kv-cache-memory", gen.kv_cache_memory, "KV cache size in bytes")
+      ->check(CLI::NonNegativeNumber);
+  g->add_option("--max-running-requests", gen.max_running_requests,
+                "Most requests decoding at once (0 = derived from the KV cache)")
+      ->check(CLI::NonNegativeNumber);
+  g->add_option("--max-prefill-tokens", gen.max_prefill_tokens, "Prompt tokens per prefill step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  g->add_option("--schedule-policy", gen.schedule_policy, "fcfs or lpm (longest prefix match)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fcfs", "lpm"}));
+  g->add_flag("--disable-radix-cache", gen.disable_radix_cache, "Do not reuse cached prefixes");
+  g->add_option("--watchdog-timeout", gen.watchdog_timeout,
+                "Report a scheduler step running longer than this many seconds (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
 
   try {
     app.parse(argc, argv);
@@ -44,7 +75,13 @@ int main(int argc, char** argv) {
   }
   try {
     dpserve::init_logging(log_level);
-    if (g->parsed()) return dpserve::run_generate(gen);
+    if (g->parsed()) {
+      if (prompt->count() == 0 && prompts_file->count() == 0) {
+        throw dpserve::Error("generate: --prompt or --prompts-file is required");
+      }
+      gen.seed_given = seed->count() > 0;
+      return dpserve::run_generate(gen);
+    }
   } catch (const dpserve::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: %s\n", e.what());
