@@ -1,12 +1,53 @@
 #include "dpserve/common/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "dpserve/common/errors.h"
 
 namespace dpserve {
+namespace {
 
-ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+// Spin time from DPSERVE_POOL_SPIN_US, else the default.
+int64_t spin_micros_setting() {
+  const char* env = std::getenv("DPSERVE_POOL_SPIN_US");
+  if (env == nullptr || *env == 0) return ThreadPool::kDefaultSpinMicros;
+  return std::max<int64_t>(0, std::atoll(env));
+}
+
+// Spins until done() or until `micros` have passed; returns done(). Every 64 pauses it yields, so
+// that on an oversubscribed CPU a spinning thread hands its core to runnable threads (which may
+// be the ones it waits for) instead of burning its whole time slice.
+template <typename Done>
+bool spin_until(Done done, int64_t micros) {
+  if (micros <= 0) return done();
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::microseconds(micros);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 63) {
+      if (Clock::now() >= deadline) return done();
+      std::this_thread::yield();
+    }
+    cpu_relax();
+  }
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads)
+    : num_threads_(std::max(1, num_threads)), spin_micros_(spin_micros_setting()) {
   for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
@@ -22,18 +63,24 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int)>* task;
-    {
+    auto has_work = [&] {
+      return stop_.load(std::memory_order_acquire) ||
+             generation_.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_until(has_work, spin_micros_)) {
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      task = task_;
+      ++sleepers_;
+      start_cv_.wait(lock, has_work);
+      --sleepers_;
     }
-    (*task)(index);
-    {
+    if (stop_.load(std::memory_order_acquire)) return;
+    // generation_ cannot move on until this worker finishes the job, so task_ is the job's.
+    seen = generation_.load(std::memory_order_acquire);
+    (*task_)(index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // Last worker out: wake the caller in case it stopped spinning (cheap when it did not).
       std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      done_cv_.notify_one();
     }
   }
 }
@@ -43,17 +90,22 @@ void ThreadPool::run_on_all(const std::function<void(int)>& fn) {
     fn(0);
     return;
   }
+  bool wake;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    DPSERVE_CHECK(pending_ == 0, "ThreadPool::run_on_all is not reentrant");
+    DPSERVE_CHECK(pending_.load() == 0, "ThreadPool::run_on_all is not reentrant");
     task_ = &fn;
-    pending_ = num_threads_ - 1;
-    ++generation_;
+    pending_.store(num_threads_ - 1, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+    wake = sleepers_ > 0;
   }
-  start_cv_.notify_all();
+  if (wake) start_cv_.notify_all();
   fn(0);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done, spin_micros_)) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, done);
+  }
   task_ = nullptr;
 }
 

@@ -1,6 +1,13 @@
 #pragma once
 // A fixed pool of worker threads for data-parallel loops in the CPU kernels.
+//
+// Idle workers spin for a short while before blocking, and so does the caller while it waits for
+// the workers: a model forward dispatches hundreds of short jobs per step, and waking a blocked
+// thread costs tens of microseconds on a VM, which spinning avoids. The spin time is
+// kDefaultSpinMicros, or DPSERVE_POOL_SPIN_US from the environment (0 disables spinning, e.g. on
+// a machine shared with other busy processes).
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -12,6 +19,9 @@ namespace dpserve {
 
 class ThreadPool {
  public:
+  // How long an idle worker (or a waiting caller) spins before blocking, in microseconds.
+  static constexpr int64_t kDefaultSpinMicros = 200;
+
   // Starts num_threads - 1 workers; the calling thread is the remaining one.
   explicit ThreadPool(int num_threads);
   ~ThreadPool();
@@ -38,9 +48,11 @@ class ThreadPool {
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
   const std::function<void(int)>* task_ = nullptr;  // current job, valid while pending_ > 0
-  uint64_t generation_ = 0;                         // bumped for each job
-  int pending_ = 0;                                 // workers still running the current job
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};             // bumped (under mu_) for each job
+  std::atomic<int> pending_{0};                     // workers still running the current job
+  int sleepers_ = 0;                                // workers blocked on start_cv_ (under mu_)
+  std::atomic<bool> stop_{false};
+  int64_t spin_micros_;  // kDefaultSpinMicros or DPSERVE_POOL_SPIN_US
 };
 
 // Default thread count: the number of online CPUs.
