@@ -1,8 +1,6 @@
 // Runs `dpserve generate --prompts-file` (the offline batch command) and checks its JSON lines,
 // their order, the runtime flags and the errors for bad lines.
 
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -13,11 +11,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_test_util.h"
+
 namespace {
 
 using ::testing::HasSubstr;
 
-const std::string kStories = DPSERVE_SHARED_DIR "/models/stories260K";
+using dpserve::testing::kStories;
 
 struct CliRun {
   int exit_code;
@@ -25,16 +25,8 @@ struct CliRun {
 };
 
 CliRun dpserve(const std::string& args, bool with_stderr = false) {
-  const std::string cmd =
-      std::string(DPSERVE_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  EXPECT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  auto r = dpserve::testing::run_dpserve(args, with_stderr);
+  return {r.exit_code, r.output};
 }
 
 std::string write_file(const std::string& name, const std::string& text) {

@@ -1,8 +1,6 @@
 // Runs the real `dpserve generate` binary and checks what a user sees on stdout, stderr and in the
 // exit code.
 
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -11,35 +9,21 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_test_util.h"
+
 namespace {
 
 using ::testing::HasSubstr;
 
-struct RunResult {
-  int exit_code;
-  std::string output;  // stdout, or stdout + stderr when requested
-};
-
-// Runs `dpserve <args>` through the shell and captures its output.
-RunResult run_dpserve(const std::string& args, bool with_stderr = false) {
-  const std::string cmd =
-      std::string(DPSERVE_BINARY) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  EXPECT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using dpserve::testing::run_dpserve;
+using dpserve::testing::RunResult;
 
 nlohmann::json stories_reference() {
   std::ifstream in(DPSERVE_SHARED_DIR "/models/stories260K/reference_outputs.json");
   return nlohmann::json::parse(in);
 }
 
-const std::string kStories = DPSERVE_SHARED_DIR "/models/stories260K";
+using dpserve::testing::kStories;
 
 TEST(GenerateCli, GreedyTextMatchesReferenceWithBothBackends) {
   const nlohmann::json ref = stories_reference();

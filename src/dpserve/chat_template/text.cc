@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "dpserve/common/utf8.h"
+
 namespace dpserve::jinja {
 
 std::u32string utf8_decode(std::string_view s) {
@@ -59,22 +61,10 @@ std::string utf8_encode(std::u32string_view s) {
   std::string out;
   out.reserve(s.size());
   for (char32_t c : s) {
-    if (c < 0x80) {
-      out.push_back(static_cast<char>(c));
-    } else if (c >= 0xdc80 && c <= 0xdcff) {
-      out.push_back(static_cast<char>(c - 0xdc00));
-    } else if (c < 0x800) {
-      out.push_back(static_cast<char>(0xc0 | (c >> 6)));
-      out.push_back(static_cast<char>(0x80 | (c & 0x3f)));
-    } else if (c < 0x10000) {
-      out.push_back(static_cast<char>(0xe0 | (c >> 12)));
-      out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3f)));
-      out.push_back(static_cast<char>(0x80 | (c & 0x3f)));
+    if (c >= 0xdc80 && c <= 0xdcff) {
+      out.push_back(static_cast<char>(c - 0xdc00));  // an undecodable byte kept by utf8_decode
     } else {
-      out.push_back(static_cast<char>(0xf0 | (c >> 18)));
-      out.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3f)));
-      out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3f)));
-      out.push_back(static_cast<char>(0x80 | (c & 0x3f)));
+      append_utf8(out, c);
     }
   }
   return out;
