@@ -365,6 +365,8 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
       {[](ServerArgs& a) { a.dtype = "float32"; },
        "--dtype float32: converting weights is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "bfloat16"; }, "--dtype bfloat16"},
+      {[](ServerArgs& a) { a.enable_metrics = true; },
+       "--enable-metrics: the /metrics endpoint is not implemented yet"},
   };
   for (const Case& c : cases) {
     ServerArgs sa = valid();

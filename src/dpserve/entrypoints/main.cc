@@ -1,6 +1,11 @@
-// The dpserve command: subcommands for offline generation (and, later, serving).
+// The dpserve command: `serve` (the HTTP server) and `generate` (offline generation). The same
+// binary also runs the server's child processes (an internal role flag picks them).
 
 #include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -8,8 +13,43 @@
 #include "dpserve/common/errors.h"
 #include "dpserve/common/logging.h"
 #include "dpserve/entrypoints/generate.h"
+#include "dpserve/entrypoints/launch_server.h"
+#include "dpserve/ipc/process.h"
+#include "dpserve/managers/scheduler_process.h"
+#include "dpserve/server/server_args.h"
+
+namespace {
+
+// Runs this process as a child of `dpserve serve` when argv says so; nullopt otherwise.
+std::optional<int> run_child_role(int argc, char** argv) {
+  std::optional<dpserve::ChildContext> child;
+  try {
+    child = dpserve::ChildContext::from_argv(argc, argv);
+  } catch (const dpserve::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  if (!child) return std::nullopt;
+  if (child->role() == dpserve::kSchedulerRole) return dpserve::run_scheduler_process(*child);
+  child->signal_error("unknown internal role '" + child->role() + "'");
+  return 1;
+}
+
+// The arguments after the "serve" subcommand, for the scheduler child.
+std::vector<std::string> args_after(int argc, char** argv, const char* subcommand) {
+  std::vector<std::string> out;
+  int i = 1;
+  while (i < argc && std::strcmp(argv[i], subcommand) != 0) ++i;
+  for (++i; i < argc; ++i) out.emplace_back(argv[i]);
+  return out;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
+  // Child processes first: they must not parse the user-facing command line.
+  if (std::optional<int> code = run_child_role(argc, argv)) return *code;
+
   CLI::App app{"dpserve: an LLM serving engine"};
   app.require_subcommand(1);
   app.fallthrough();  // --log-level may follow the subcommand
@@ -68,12 +108,23 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
 
+  dpserve::ServerArgs server_args;
+  CLI::App* serve = app.add_subcommand(
+      "serve", "Serve a model over HTTP (SGLang's /generate; OpenAI-compatible API)");
+  server_args.add_to(*serve);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
+    if (serve->parsed()) {
+      server_args.validate();
+      server_args.check_implemented();
+      dpserve::init_logging(server_args.log_level);
+      return dpserve::launch_server(server_args, args_after(argc, argv, "serve"));
+    }
     dpserve::init_logging(log_level);
     if (g->parsed()) {
       if (prompt->count() == 0 && prompts_file->count() == 0) {

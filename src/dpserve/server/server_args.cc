@@ -223,6 +223,9 @@ void ServerArgs::check_implemented() const {
     throw_error("--dtype {}: converting weights {}; --dtype auto keeps the checkpoint's type",
                 dtype, kLater);
   }
+  if (enable_metrics) {
+    throw_error("--enable-metrics: the /metrics endpoint {} (drop the flag)", kLater);
+  }
 }
 
 const std::string& ServerArgs::effective_tokenizer_path() const {

@@ -1,0 +1,216 @@
+#include "dpserve/http/http_server.h"
+
+#include <sys/socket.h>
+
+#include <spdlog/spdlog.h>
+
+#include "dpserve/common/errors.h"
+
+namespace dpserve {
+
+namespace {
+
+constexpr const char* kJsonType = "application/json";
+
+// Routes that answer without an API key (SGLang's add_api_key_middleware exempts them).
+bool is_open_route(const std::string& path) {
+  return path == "/health" || path == "/health_generate" || path == "/metrics";
+}
+
+ApiError default_error(const httplib::Request& req, int status, size_t max_body) {
+  switch (status) {
+    case 404:
+      return ApiError(404, fmt::format("Not Found: {} {}", req.method, req.path),
+                      "not_found_error");
+    case 413:
+      return ApiError(
+          413, fmt::format("the request body is larger than the limit of {} bytes", max_body),
+          "invalid_request_error");
+    case 400:
+      return ApiError(400, "malformed HTTP request", "invalid_request_error");
+    default:
+      return ApiError(status, fmt::format("HTTP error {}", status),
+                      status >= 500 ? "internal_error" : "invalid_request_error");
+  }
+}
+
+}  // namespace
+
+std::string dump_json(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+nlohmann::json parse_json_body(const std::string& body) {
+  if (body.find_first_not_of(" \t\r\n") == std::string::npos) return nullptr;
+  try {
+    return nlohmann::json::parse(body);
+  } catch (const nlohmann::json::parse_error& e) {
+    const std::string what = e.what();
+    if (what.find("UTF-8") != std::string::npos) {
+      throw ApiError(400, "the request body is not valid UTF-8: " + what, "invalid_request_error");
+    }
+    throw ApiError(400, "the request body is not valid JSON: " + what, "invalid_request_error");
+  }
+}
+
+void set_error_response(httplib::Response& res, const ApiError& error) {
+  res.status = error.status();
+  res.set_content(dump_json(error.to_json()), kJsonType);
+}
+
+std::string bearer_token(const httplib::Request& req) {
+  const std::string h = req.get_header_value("Authorization");
+  constexpr std::string_view kBearer = "Bearer ";
+  if (h.size() < kBearer.size() || h.compare(0, kBearer.size(), kBearer) != 0) return "";
+  return h.substr(kBearer.size());
+}
+
+void set_sse_response(httplib::Response& res, SseSource source) {
+  auto src = std::make_shared<SseSource>(std::move(source));
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [src](size_t /*offset*/, httplib::DataSink& sink) {
+        if (!*src) return false;
+        SseStep step;
+        try {
+          step = (*src)();
+        } catch (const ApiError& e) {
+          step.events = {dump_json(e.to_json())};
+          step.done = true;
+        } catch (const std::exception& e) {
+          step.events = {dump_json(ApiError(500, e.what(), "internal_error").to_json())};
+          step.done = true;
+        }
+        std::string out;
+        for (const std::string& ev : step.events) out += "data: " + ev + "\n\n";
+        if (step.done) out += "data: [DONE]\n\n";
+        if (!out.empty() && !sink.write(out.data(), out.size())) {
+          *src = nullptr;  // the client is gone: drop the producer now
+          return false;
+        }
+        if (step.done) {
+          sink.done();
+          *src = nullptr;
+        }
+        return true;
+      },
+      [src](bool /*success*/) { *src = nullptr; });
+}
+
+HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options)) {
+  const size_t threads = options_.num_threads;
+  server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_.set_payload_max_length(options_.max_body_bytes);
+  server_.set_keep_alive_timeout(5);  // uvicorn's timeout_keep_alive in SGLang
+  server_.set_tcp_nodelay(true);
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
+  // share a busy port silently instead of failing to start.
+  server_.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof yes);
+  });
+
+  server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options_.api_key.empty() || is_open_route(req.path)) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    if (bearer_token(req) == options_.api_key) return httplib::Server::HandlerResponse::Unhandled;
+    set_error_response(res, ApiError(401,
+                                     "Invalid or missing API key: send 'Authorization: Bearer "
+                                     "<key>' with the server's --api-key",
+                                     "authentication_error"));
+    return httplib::Server::HandlerResponse::Handled;
+  });
+
+  server_.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours
+        set_error_response(res, default_error(req, res.status, options_.max_body_bytes));
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+
+  server_.set_exception_handler(
+      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        spdlog::error("{} {}: unhandled exception: {}", req.method, req.path, what);
+        set_error_response(res, ApiError(500, what, "internal_error"));
+      });
+
+  if (options_.log_requests) {
+    server_.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      spdlog::info("http: {}:{} \"{} {}\" {}", req.remote_addr, req.remote_port, req.method,
+                   req.path, res.status);
+    });
+  }
+}
+
+HttpServer::~HttpServer() { stop(); }
+
+httplib::Server::Handler HttpServer::wrap(RawHandler handler, bool parse_body) {
+  return [handler = std::move(handler), parse_body](const httplib::Request& req,
+                                                    httplib::Response& res) {
+    try {
+      const nlohmann::json body = parse_body ? parse_json_body(req.body) : nlohmann::json();
+      handler(req, res, body);
+    } catch (const ApiError& e) {
+      set_error_response(res, e);
+    } catch (const Error& e) {
+      set_error_response(res, ApiError(400, e.what()));
+    } catch (const nlohmann::json::exception& e) {
+      set_error_response(res, ApiError(400, e.what()));
+    }
+  };
+}
+
+void HttpServer::get_json(const std::string& path, JsonHandler handler) {
+  get(path, [handler = std::move(handler)](const httplib::Request& req, httplib::Response& res,
+                                           const nlohmann::json& body) {
+    res.set_content(dump_json(handler(req, body)), kJsonType);
+  });
+}
+
+void HttpServer::post_json(const std::string& path, JsonHandler handler) {
+  post(path, [handler = std::move(handler)](const httplib::Request& req, httplib::Response& res,
+                                            const nlohmann::json& body) {
+    res.set_content(dump_json(handler(req, body)), kJsonType);
+  });
+}
+
+void HttpServer::get(const std::string& path, RawHandler handler) {
+  server_.Get(path, wrap(std::move(handler), /*parse_body=*/false));
+}
+
+void HttpServer::post(const std::string& path, RawHandler handler) {
+  server_.Post(path, wrap(std::move(handler), /*parse_body=*/true));
+}
+
+void HttpServer::put(const std::string& path, RawHandler handler) {
+  server_.Put(path, wrap(std::move(handler), /*parse_body=*/true));
+}
+
+void HttpServer::bind() {
+  if (!server_.bind_to_port(options_.host, options_.port)) {
+    throw_error("cannot listen on {}:{} (--host / --port): the address is in use or invalid",
+                options_.host, options_.port);
+  }
+}
+
+void HttpServer::start() {
+  thread_ = std::thread([this] {
+    if (!server_.listen_after_bind()) spdlog::debug("http: the listen loop ended");
+  });
+}
+
+void HttpServer::stop() {
+  server_.stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace dpserve

@@ -1,0 +1,21 @@
+#pragma once
+// What every API family's routes need: the server's settings, the TokenizerManager and facts
+// about the running processes. launch_server builds one and hands it to each register_*_routes.
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "dpserve/managers/tokenizer_manager.h"
+#include "dpserve/server/server_args.h"
+
+namespace dpserve {
+
+struct ServingContext {
+  const ServerArgs& args;               // the validated flags
+  TokenizerManager& tokenizer_manager;  // generation and control requests
+  std::string runtime_dir;              // the private directory of the ipc sockets
+  int64_t scheduler_pid = 0;            // the scheduler child's pid
+};
+
+}  // namespace dpserve

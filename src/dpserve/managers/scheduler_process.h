@@ -1,0 +1,41 @@
+#pragma once
+// The scheduler child process of `dpserve serve` (SGLang's run_scheduler_process): loads the
+// model, builds the Scheduler from ServerArgs, connects to the main process's ZeroMQ sockets in
+// the runtime directory, reports readiness with its KV capacity and runs SGLang's normal event
+// loop on one thread: receive requests -> step -> send BatchTokenIdOut.
+//
+// Sockets (names inside the runtime directory; the main process binds both):
+//   kSchedulerInputSocket: TokenizedGenerateReq / AbortReq / FlushCacheReq / GetServerInfoReq in
+//   kSchedulerOutputSocket: BatchTokenIdOut / FlushCacheResp / GetServerInfoResp out
+// The outputs carry final text deltas: the Scheduler's StopChecker detokenizes incrementally (it
+// must, to match stop strings), so the main process does not detokenize again.
+
+#include <string>
+#include <vector>
+
+#include "dpserve/ipc/process.h"
+#include "dpserve/managers/scheduler.h"
+#include "dpserve/server/server_args.h"
+
+namespace dpserve {
+
+// The role name passed to ChildProcess / ChildContext.
+inline constexpr const char* kSchedulerRole = "scheduler";
+// Socket file names inside the runtime directory.
+inline constexpr const char* kSchedulerInputSocket = "scheduler_input";
+inline constexpr const char* kSchedulerOutputSocket = "scheduler_output";
+// The child's flag that carries the runtime directory.
+inline constexpr const char* kRuntimeDirFlag = "--runtime-dir";
+
+// The Scheduler's settings for `args` (ServerArgs -> SchedulerConfig).
+SchedulerConfig scheduler_config_from_server_args(const ServerArgs& args);
+
+// Arguments of the scheduler child: the runtime directory, then the serve flags as given.
+std::vector<std::string> scheduler_child_args(const std::string& runtime_dir,
+                                              const std::vector<std::string>& serve_args);
+
+// The child's main: parses its arguments, starts up (reporting an error to the parent on
+// failure) and serves until killed. Returns the process exit code.
+int run_scheduler_process(ChildContext& ctx);
+
+}  // namespace dpserve

@@ -1,0 +1,494 @@
+#include "dpserve/managers/tokenizer_manager.h"
+
+#include <random>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "dpserve/common/errors.h"
+#include "dpserve/openai/api_error.h"
+#include "dpserve/tokenizer/unicode.h"
+
+namespace dpserve {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t get_int(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key) || !j[key].is_number_integer()) {
+    throw_error("scheduler readiness message: missing integer \"{}\"", key);
+  }
+  return j[key].get<int64_t>();
+}
+
+// "" for a single prompt, " (prompt 3)" inside a batch: appended to error messages.
+std::string where_of(size_t i, size_t n) { return n > 1 ? fmt::format(" (prompt {})", i) : ""; }
+
+}  // namespace
+
+SchedulerInfo SchedulerInfo::from_json(const nlohmann::json& j) {
+  SchedulerInfo s;
+  s.context_length = get_int(j, "context_length");
+  s.max_total_tokens = get_int(j, "max_total_tokens");
+  s.page_size = get_int(j, "page_size");
+  s.vocab_size = get_int(j, "vocab_size");
+  s.max_running_requests = get_int(j, "max_running_requests");
+  return s;
+}
+
+nlohmann::json SchedulerInfo::to_json() const {
+  return {{"context_length", context_length},
+          {"max_total_tokens", max_total_tokens},
+          {"page_size", page_size},
+          {"vocab_size", vocab_size},
+          {"max_running_requests", max_running_requests}};
+}
+
+void SequenceOutput::add(const TokenIdOut& out) {
+  rid = out.rid;
+  index = out.index;
+  text += out.new_text;
+  output_ids.insert(output_ids.end(), out.new_token_ids.begin(), out.new_token_ids.end());
+  output_logprobs.insert(output_logprobs.end(), out.output_logprobs.begin(),
+                         out.output_logprobs.end());
+  output_top_logprobs.insert(output_top_logprobs.end(), out.output_top_logprobs.begin(),
+                             out.output_top_logprobs.end());
+  prompt_tokens = out.prompt_tokens;
+  completion_tokens = out.completion_tokens;
+  cached_tokens = out.cached_tokens;
+  if (out.finished) {
+    finished = true;
+    finish_reason = out.finish_reason_json.empty() ? nlohmann::json(nullptr)
+                                                   : nlohmann::json::parse(out.finish_reason_json);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GenerateHandle
+
+GenerateHandle::~GenerateHandle() {
+  if (manager_ != nullptr) manager_->release(this, /*abort_unfinished=*/true);
+}
+
+double GenerateHandle::elapsed_seconds() const {
+  return std::chrono::duration<double>(Clock::now() - created_).count();
+}
+
+void GenerateHandle::push(const TokenIdOut& out) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = base_.find(out.rid);
+    if (it == base_.end()) return;
+    const int64_t seq = it->second + out.index;
+    if (seq < 0 || seq >= num_sequences() || seq_finished_[static_cast<size_t>(seq)]) return;
+    if (out.finished) {
+      seq_finished_[static_cast<size_t>(seq)] = true;
+      ++num_finished_;
+    }
+    queue_.push_back({seq, out});
+  }
+  cv_.notify_all();
+}
+
+void GenerateHandle::fail(const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!error_) error_ = message;
+  }
+  cv_.notify_all();
+}
+
+std::vector<GenerateChunk> GenerateHandle::next(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [&] {
+    return !queue_.empty() || error_.has_value() || num_finished_ == num_sequences();
+  });
+  std::vector<GenerateChunk> chunks(std::make_move_iterator(queue_.begin()),
+                                    std::make_move_iterator(queue_.end()));
+  queue_.clear();
+  if (chunks.empty() && error_) throw ApiError(503, *error_, "service_unavailable");
+  return chunks;
+}
+
+bool GenerateHandle::done() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return num_finished_ == num_sequences() && queue_.empty();
+}
+
+void GenerateHandle::abort() {
+  std::vector<std::string> unfinished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t p = 0; p < rids_.size(); ++p) {
+      const int64_t base = base_.at(rids_[p]);
+      const int64_t end = p + 1 < rids_.size() ? base_.at(rids_[p + 1]) : num_sequences();
+      for (int64_t s = base; s < end; ++s) {
+        if (!seq_finished_[static_cast<size_t>(s)]) {
+          unfinished.push_back(rids_[p]);
+          break;
+        }
+      }
+    }
+  }
+  for (const std::string& rid : unfinished) manager_->abort(rid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TokenizerManager
+
+TokenizerManager::TokenizerManager(std::shared_ptr<const Tokenizer> tokenizer, SchedulerInfo info,
+                                   MessageSocket to_scheduler, MessageSocket from_scheduler,
+                                   int64_t context_length, bool log_requests)
+    : tokenizer_(std::move(tokenizer)),
+      info_(info),
+      log_requests_(log_requests),
+      to_scheduler_(std::move(to_scheduler)),
+      from_scheduler_(std::move(from_scheduler)) {
+  if (context_length > 0) info_.context_length = std::min(info_.context_length, context_length);
+  std::random_device rd;
+  rid_salt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(now_ns());
+  receiver_ = std::thread([this] { receive_loop(); });
+}
+
+TokenizerManager::~TokenizerManager() { shutdown(); }
+
+void TokenizerManager::shutdown() {
+  stop_.store(true);
+  if (receiver_.joinable()) receiver_.join();
+}
+
+std::string TokenizerManager::new_rid() {
+  // splitmix64 of a counter and a per-process salt: 32 hex digits, like SGLang's uuid4().hex.
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  std::lock_guard<std::mutex> lock(mu_);
+  const uint64_t c = rid_counter_++;
+  return fmt::format("{:016x}{:016x}", mix(rid_salt_ ^ c), mix(rid_salt_ + 2 * c + 1));
+}
+
+std::vector<int32_t> TokenizerManager::tokenize(const GenerateReqInput& in,
+                                                const std::string& where) const {
+  if (in.text) {
+    if (in.text->empty())
+      throw ApiError(400, "the prompt text is empty" + where, "invalid_request_error", "text");
+    if (!is_valid_utf8(*in.text)) {
+      throw ApiError(400, "the prompt text is not valid UTF-8" + where, "invalid_request_error",
+                     "text");
+    }
+    std::vector<int32_t> ids = tokenizer_->encode(*in.text, /*add_special_tokens=*/true);
+    if (ids.empty()) {
+      throw ApiError(400, "the prompt text encodes to no tokens" + where, "invalid_request_error",
+                     "text");
+    }
+    return ids;
+  }
+  if (in.input_ids.empty()) {
+    throw ApiError(400, "input_ids is empty" + where, "invalid_request_error", "input_ids");
+  }
+  for (size_t i = 0; i < in.input_ids.size(); ++i) {
+    const int32_t id = in.input_ids[i];
+    if (id < 0 || id >= info_.vocab_size) {
+      throw ApiError(400,
+                     fmt::format("input_ids[{}] = {} is outside the vocabulary [0, {}){}", i, id,
+                                 info_.vocab_size, where),
+                     "invalid_request_error", "input_ids");
+    }
+  }
+  return in.input_ids;
+}
+
+void TokenizerManager::validate(const std::vector<int32_t>& ids, SamplingParams& params,
+                                const std::string& where) const {
+  try {
+    params.validate(info_.vocab_size);
+  } catch (const Error& e) {
+    throw ApiError(400, std::string(e.what()) + where, "invalid_request_error", "sampling_params");
+  }
+  const auto prompt_len = static_cast<int64_t>(ids.size());
+  const int64_t ctx = info_.context_length;
+  if (prompt_len >= ctx) {
+    throw ApiError(400,
+                   fmt::format("The input ({} tokens) is longer than the model's context length "
+                               "({} tokens){}.",
+                               prompt_len, ctx, where),
+                   "invalid_request_error", "input");
+  }
+  if (params.max_new_tokens == SamplingParams::kNoMaxNewTokens) {
+    params.max_new_tokens = ctx - prompt_len;
+  } else if (prompt_len + params.max_new_tokens > ctx) {
+    throw ApiError(
+        400,
+        fmt::format("Requested token count exceeds the model's maximum context length of {} "
+                    "tokens. You requested a total of {} tokens: {} tokens from the input and {} "
+                    "tokens for the completion (max_new_tokens){}. Please reduce the number of "
+                    "tokens in the input or the completion.",
+                    ctx, prompt_len + params.max_new_tokens, prompt_len, params.max_new_tokens,
+                    where),
+        "invalid_request_error", "max_new_tokens");
+  }
+  const int64_t page = std::max<int64_t>(info_.page_size, 1);
+  const int64_t need = (prompt_len + params.max_new_tokens + page - 1) / page * page;
+  if (need > info_.max_total_tokens) {
+    throw ApiError(400,
+                   fmt::format("{} prompt tokens plus max_new_tokens {} need more KV cache than "
+                               "the server's {} tokens{}",
+                               prompt_len, params.max_new_tokens, info_.max_total_tokens, where),
+                   "invalid_request_error", "max_new_tokens");
+  }
+}
+
+std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateReqInput> inputs) {
+  if (dead_.load()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    throw ApiError(503, dead_reason_, "service_unavailable");
+  }
+  if (!accepting_.load()) {
+    throw ApiError(503, "the server is shutting down", "service_unavailable");
+  }
+  if (inputs.empty()) throw ApiError(400, "the request has no prompts", "invalid_request_error");
+
+  std::shared_ptr<GenerateHandle> h(new GenerateHandle());
+  h->created_ = Clock::now();
+  std::vector<TokenizedGenerateReq> reqs;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    GenerateReqInput& in = inputs[i];
+    const std::string where = where_of(i, inputs.size());
+    std::vector<int32_t> ids = tokenize(in, where);
+    validate(ids, in.sampling_params, where);
+    std::string rid = in.rid.empty() ? new_rid() : in.rid;
+    if (h->base_.count(rid) != 0) {
+      throw ApiError(400, fmt::format("duplicate rid \"{}\" in the batch", rid),
+                     "invalid_request_error", "rid");
+    }
+    h->base_[rid] = h->num_sequences();
+    for (int64_t k = 0; k < in.sampling_params.n; ++k) {
+      h->seq_prompt_.push_back(static_cast<int64_t>(i));
+    }
+    TokenizedGenerateReq r;
+    r.rid = rid;
+    if (in.text) r.input_text = *in.text;
+    r.input_ids = ids;
+    r.sampling_params_json = in.sampling_params.to_json().dump();
+    r.stream = in.stream;
+    r.return_logprob = in.sampling_params.return_logprob;
+    r.top_logprobs_num = static_cast<int32_t>(in.sampling_params.top_logprobs_num);
+    h->rids_.push_back(rid);
+    h->input_ids_.push_back(std::move(ids));
+    reqs.push_back(std::move(r));
+  }
+  h->seq_finished_.assign(h->seq_prompt_.size(), false);
+
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& rid : h->rids_) {
+      if (live_.count(rid) != 0) {
+        throw ApiError(400, fmt::format("a request with rid \"{}\" is already running", rid),
+                       "invalid_request_error", "rid");
+      }
+    }
+    for (const std::string& rid : h->rids_) live_[rid] = h.get();
+    h->manager_ = this;
+    open_handles_.fetch_add(1);
+  }
+  for (const TokenizedGenerateReq& r : reqs) {
+    if (log_requests_) {
+      spdlog::info("[{}] receive: {} prompt tokens, stream {}, sampling_params {}, text {}", r.rid,
+                   r.input_ids.size(), r.stream, r.sampling_params_json,
+                   nlohmann::json(r.input_text)
+                       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    } else {
+      spdlog::debug("[{}] receive: {} prompt tokens", r.rid, r.input_ids.size());
+    }
+    if (!send(r)) {
+      throw ApiError(503, "the scheduler process is not reachable", "service_unavailable");
+    }
+  }
+  return h;
+}
+
+bool TokenizerManager::send(const Message& msg) {
+  // A PUSH socket blocks while no peer is connected: a dead scheduler must not hang the caller.
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (to_scheduler_.send(msg, std::chrono::milliseconds(2000))) return true;
+  spdlog::error("cannot send {} to the scheduler: it is not connected", message_name(msg));
+  return false;
+}
+
+void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
+  std::vector<std::string> to_abort;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& rid : handle->rids_) {
+      const auto it = live_.find(rid);
+      if (it != live_.end() && it->second == handle) {
+        live_.erase(it);
+        to_abort.push_back(rid);
+      }
+    }
+  }
+  open_handles_.fetch_sub(1);
+  if (!abort_unfinished || dead_.load()) return;
+  for (const std::string& rid : to_abort) {
+    spdlog::info("[{}] abort: the client went away before it finished", rid);
+    send(AbortReq{rid, false});
+  }
+}
+
+void TokenizerManager::abort(const std::string& rid) {
+  if (dead_.load()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (live_.count(rid) == 0) return;
+  }
+  spdlog::info("[{}] abort requested", rid);
+  send(AbortReq{rid, false});
+}
+
+void TokenizerManager::abort_all() {
+  std::vector<std::string> rids;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [rid, h] : live_) rids.push_back(rid);
+  }
+  if (dead_.load()) return;
+  if (!rids.empty()) spdlog::info("aborting {} live requests", rids.size());
+  send(AbortReq{"", true});
+}
+
+void TokenizerManager::stop_accepting() { accepting_.store(false); }
+
+void TokenizerManager::set_scheduler_dead(const std::string& reason) {
+  std::vector<GenerateHandle*> handles;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dead_reason_ = reason;
+    dead_.store(true);
+    for (const auto& [rid, h] : live_) handles.push_back(h);
+    // Failing under mu_ keeps the handles alive (their destructors wait for mu_ in release()).
+    for (GenerateHandle* h : handles) h->fail(reason);
+  }
+  { std::lock_guard<std::mutex> lock(control_resp_mu_); }
+  control_cv_.notify_all();
+}
+
+int64_t TokenizerManager::num_live_requests() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(live_.size());
+}
+
+void TokenizerManager::receive_loop() {
+  while (!stop_.load()) {
+    std::optional<Message> msg;
+    try {
+      msg = from_scheduler_.recv(std::chrono::milliseconds(100));
+    } catch (const std::exception& e) {
+      spdlog::error("tokenizer manager: dropping a malformed message from the scheduler: {}",
+                    e.what());
+      continue;
+    }
+    if (!msg) continue;
+    last_receive_ns_.store(now_ns());
+    if (auto* batch = std::get_if<BatchTokenIdOut>(&*msg)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const TokenIdOut& out : batch->outputs) {
+        const auto it = live_.find(out.rid);
+        if (it == live_.end()) continue;  // aborted by its client and released already
+        GenerateHandle* h = it->second;
+        h->push(out);
+        if (out.finished) {
+          if (log_requests_) {
+            spdlog::info("[{}] finish: index {}, {} completion tokens, finish_reason {}", out.rid,
+                         out.index, out.completion_tokens, out.finish_reason_json);
+          }
+          // The rid leaves live_ once all its sequences finished.
+          bool all = true;
+          {
+            std::lock_guard<std::mutex> hl(h->mu_);
+            const int64_t base = h->base_.at(out.rid);
+            for (int64_t s = base;
+                 s < h->num_sequences() && h->seq_prompt_[s] == h->seq_prompt_[base]; ++s) {
+              if (!h->seq_finished_[static_cast<size_t>(s)]) all = false;
+            }
+          }
+          if (all) live_.erase(it);
+        }
+      }
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(control_resp_mu_);
+      control_resp_ = std::move(*msg);
+    }
+    control_cv_.notify_all();
+  }
+}
+
+Message TokenizerManager::control(const Message& request, std::chrono::milliseconds timeout) {
+  std::lock_guard<std::mutex> serial(control_mu_);
+  {
+    std::lock_guard<std::mutex> lock(control_resp_mu_);
+    control_resp_.reset();
+  }
+  if (dead_.load()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    throw ApiError(503, dead_reason_, "service_unavailable");
+  }
+  if (!send(request)) {
+    throw ApiError(503, "the scheduler process is not reachable", "service_unavailable");
+  }
+  std::unique_lock<std::mutex> lock(control_resp_mu_);
+  if (!control_cv_.wait_for(lock, timeout,
+                            [&] { return control_resp_.has_value() || dead_.load(); }) ||
+      !control_resp_) {
+    throw ApiError(503,
+                   fmt::format("the scheduler did not answer {} in time", message_name(request)),
+                   "service_unavailable");
+  }
+  Message resp = std::move(*control_resp_);
+  control_resp_.reset();
+  return resp;
+}
+
+FlushCacheResp TokenizerManager::flush_cache(std::chrono::milliseconds timeout) {
+  Message m = control(FlushCacheReq{}, timeout);
+  if (auto* r = std::get_if<FlushCacheResp>(&m)) return *r;
+  throw ApiError(500, fmt::format("unexpected {} from the scheduler", message_name(m)),
+                 "internal_error");
+}
+
+nlohmann::json TokenizerManager::scheduler_server_info(std::chrono::milliseconds timeout) {
+  Message m = control(GetServerInfoReq{}, timeout);
+  if (auto* r = std::get_if<GetServerInfoResp>(&m)) return nlohmann::json::parse(r->info_json);
+  throw ApiError(500, fmt::format("unexpected {} from the scheduler", message_name(m)),
+                 "internal_error");
+}
+
+bool TokenizerManager::health_generate(std::chrono::milliseconds timeout) {
+  // SGLang's probe: one greedy token from input_ids [0]. Any output that arrives after the probe
+  // was sent also proves the scheduler is making progress (it is busy with other requests).
+  const int64_t tic = now_ns();
+  GenerateReqInput in;
+  in.input_ids = {0};
+  in.sampling_params.max_new_tokens = 1;
+  in.sampling_params.temperature = 0.0;
+  in.rid = "HEALTH_CHECK_" + new_rid();
+  std::shared_ptr<GenerateHandle> h = generate({std::move(in)});
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (!h->next(std::chrono::milliseconds(100)).empty() || h->done()) return true;
+    if (last_receive_ns_.load() > tic) return true;
+  }
+  return false;
+}
+
+}  // namespace dpserve

@@ -1,0 +1,226 @@
+#pragma once
+// TokenizerManager: the main process's side of generation (SGLang's managers/tokenizer_manager.py).
+//
+// HTTP handlers call generate() with one or more prompts (text or token ids). It tokenizes,
+// validates against the scheduler's limits (ApiError 400 naming the problem), assigns request
+// ids, registers per-request state and pushes TokenizedGenerateReq messages to the scheduler
+// process. A receiver thread reads BatchTokenIdOut from the scheduler and routes every row to the
+// GenerateHandle of its request: a queue with a condition variable that the handler drains.
+// Streaming and non-streaming responses read the same chunks (non-streaming accumulates them in
+// SequenceOutput). Dropping a handle before its request finished aborts the request in the
+// scheduler (client disconnect), so its KV pages come back.
+//
+// Detokenization happens in the scheduler (its StopChecker already decodes incrementally to match
+// stop strings), so the outputs carry final text deltas; there is no separate detokenizer
+// process or thread here.
+//
+// Thread safety: every public method may be called from any thread.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "dpserve/ipc/io_struct.h"
+#include "dpserve/ipc/zmq_socket.h"
+#include "dpserve/sampling/sampling_params.h"
+#include "dpserve/tokenizer/tokenizer.h"
+
+namespace dpserve {
+
+// The scheduler's limits, from its readiness message.
+struct SchedulerInfo {
+  int64_t context_length = 0;        // longest sequence (prompt + output) in tokens
+  int64_t max_total_tokens = 0;      // usable KV pool size in tokens
+  int64_t page_size = 1;             // tokens per KV page
+  int64_t vocab_size = 0;            // model vocabulary size
+  int64_t max_running_requests = 0;  // most sequences decoding at once
+
+  // Reads the readiness payload; throws dpserve::Error on a missing field.
+  static SchedulerInfo from_json(const nlohmann::json& j);
+  // The payload form (what the scheduler process sends).
+  nlohmann::json to_json() const;
+};
+
+// One prompt of a generate call (SGLang's GenerateReqInput, one element).
+struct GenerateReqInput {
+  std::optional<std::string> text{};  // prompt text (special tokens added); else input_ids
+  std::vector<int32_t> input_ids{};   // prompt token ids, used when text is absent
+  SamplingParams sampling_params{};   // validated by generate()
+  bool stream = false;                // the client streams (passed on for logs)
+  std::string rid{};                  // request id; empty = a fresh random one
+};
+
+// One output event of a generate call.
+struct GenerateChunk {
+  int64_t seq = 0;  // flat sequence index: prompts in order, each with its n completions
+  TokenIdOut out;   // what the scheduler sent for that sequence
+};
+
+// The accumulated output of one sequence (non-streaming answers and cumulative stream chunks).
+struct SequenceOutput {
+  std::string rid;                                           // request id of its prompt
+  int64_t index = 0;                                         // completion index in [0, n)
+  std::string text;                                          // generated text so far
+  std::vector<int32_t> output_ids;                           // generated tokens so far
+  std::vector<float> output_logprobs;                        // per token (return_logprob)
+  std::vector<std::vector<TopLogprob>> output_top_logprobs;  // per token (top_logprobs_num)
+  bool finished = false;                                     // the last output arrived
+  nlohmann::json finish_reason;                              // SGLang's object; null until finished
+  int64_t prompt_tokens = 0;                                 // prompt length
+  int64_t completion_tokens = 0;                             // tokens generated so far
+  int64_t cached_tokens = 0;                                 // prompt tokens from the prefix cache
+
+  // Appends one scheduler output of this sequence.
+  void add(const TokenIdOut& out);
+};
+
+class TokenizerManager;
+
+// The live state of one generate call, shared by the handler and the receiver thread. Dropping
+// it before every sequence finished aborts the unfinished requests.
+class GenerateHandle {
+ public:
+  ~GenerateHandle();
+  GenerateHandle(const GenerateHandle&) = delete;
+  GenerateHandle& operator=(const GenerateHandle&) = delete;
+
+  // Waits up to `timeout` for outputs and returns all that arrived (empty on timeout or when
+  // done). Throws ApiError 503 when the scheduler died or the server is going away.
+  std::vector<GenerateChunk> next(std::chrono::milliseconds timeout);
+  // True when every sequence finished and all chunks were taken.
+  bool done() const;
+  // Aborts every unfinished request of this call (their final chunks still arrive).
+  void abort();
+
+  // Number of sequences (sum over prompts of n).
+  int64_t num_sequences() const { return static_cast<int64_t>(seq_prompt_.size()); }
+  // Number of prompts.
+  int64_t num_prompts() const { return static_cast<int64_t>(rids_.size()); }
+  // The prompt a sequence belongs to.
+  int64_t prompt_of(int64_t seq) const { return seq_prompt_.at(static_cast<size_t>(seq)); }
+  // Request id of each prompt.
+  const std::vector<std::string>& rids() const { return rids_; }
+  // Token ids of each prompt.
+  const std::vector<std::vector<int32_t>>& input_ids() const { return input_ids_; }
+  // When generate() accepted the call.
+  std::chrono::steady_clock::time_point created() const { return created_; }
+  // Seconds since created().
+  double elapsed_seconds() const;
+
+ private:
+  friend class TokenizerManager;
+  GenerateHandle() = default;
+  // Called by the receiver thread.
+  void push(const TokenIdOut& out);
+  void fail(const std::string& message);
+
+  TokenizerManager* manager_ = nullptr;
+  std::vector<std::string> rids_;
+  std::vector<std::vector<int32_t>> input_ids_;
+  std::vector<int64_t> seq_prompt_;                // seq -> prompt
+  std::unordered_map<std::string, int64_t> base_;  // rid -> first seq of its prompt
+  std::chrono::steady_clock::time_point created_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<GenerateChunk> queue_;
+  std::vector<bool> seq_finished_;
+  int64_t num_finished_ = 0;
+  std::optional<std::string> error_;
+};
+
+class TokenizerManager {
+ public:
+  // `to_scheduler` (PUSH) and `from_scheduler` (PULL) are bound or connected already;
+  // `context_length` > 0 caps the scheduler's. Starts the receiver thread.
+  TokenizerManager(std::shared_ptr<const Tokenizer> tokenizer, SchedulerInfo info,
+                   MessageSocket to_scheduler, MessageSocket from_scheduler,
+                   int64_t context_length = 0, bool log_requests = false);
+  ~TokenizerManager();
+  TokenizerManager(const TokenizerManager&) = delete;
+  TokenizerManager& operator=(const TokenizerManager&) = delete;
+
+  // Tokenizes and validates every prompt (ApiError 400 naming the problem and the prompt's
+  // position in a batch; 503 when not accepting), then sends them all to the scheduler.
+  std::shared_ptr<GenerateHandle> generate(std::vector<GenerateReqInput> inputs);
+
+  // Asks the scheduler to drop its prefix cache; returns its answer (success, message).
+  FlushCacheResp flush_cache(std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // The scheduler's runtime facts as a JSON object; ApiError 503 when it does not answer.
+  nlohmann::json scheduler_server_info(
+      std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // Runs a one-token generation; true when output arrived within `timeout`.
+  bool health_generate(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+  // Aborts one request by rid (no-op when it is not live).
+  void abort(const std::string& rid);
+  // Aborts every live request (graceful shutdown).
+  void abort_all();
+  // Stops accepting requests: generate() answers 503 from now on.
+  void stop_accepting();
+  // Marks the scheduler dead: every waiting handle and later call fails with `reason` (503).
+  void set_scheduler_dead(const std::string& reason);
+  // Stops the receiver thread (idempotent; also done by the destructor).
+  void shutdown();
+
+  // True while the scheduler is alive and requests are accepted.
+  bool healthy() const { return !dead_.load() && accepting_.load(); }
+  // Number of live (unfinished) requests.
+  int64_t num_live_requests() const;
+  // Number of generate calls whose handle is still held (responses still being written).
+  int64_t num_open_handles() const { return open_handles_.load(); }
+  // The scheduler's limits in use (context_length already capped).
+  const SchedulerInfo& info() const { return info_; }
+  // The tokenizer.
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  friend class GenerateHandle;
+  std::vector<int32_t> tokenize(const GenerateReqInput& in, const std::string& where) const;
+  void validate(const std::vector<int32_t>& ids, SamplingParams& params,
+                const std::string& where) const;
+  std::string new_rid();
+  bool send(const Message& msg);
+  void release(GenerateHandle* handle, bool abort_unfinished);
+  void receive_loop();
+  Message control(const Message& request, std::chrono::milliseconds timeout);
+
+  std::shared_ptr<const Tokenizer> tokenizer_;
+  SchedulerInfo info_;
+  bool log_requests_;
+
+  std::mutex send_mu_;
+  MessageSocket to_scheduler_;
+  MessageSocket from_scheduler_;  // used by the receiver thread only
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, GenerateHandle*> live_;  // rid -> its call's handle
+  uint64_t rid_counter_ = 0;
+  uint64_t rid_salt_ = 0;
+
+  std::mutex control_mu_;  // one control request at a time
+  std::mutex control_resp_mu_;
+  std::condition_variable control_cv_;
+  std::optional<Message> control_resp_;
+
+  std::atomic<bool> accepting_{true};
+  std::atomic<bool> dead_{false};
+  std::string dead_reason_;  // guarded by mu_
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> last_receive_ns_{0};
+  std::atomic<int64_t> open_handles_{0};
+  std::thread receiver_;
+};
+
+}  // namespace dpserve
