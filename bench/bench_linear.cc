@@ -13,6 +13,7 @@
 #include "ceilings.h"
 #include "dpserve/common/dtype.h"
 #include "dpserve/common/thread_pool.h"
+#include "dpserve/kernels/cpu/gemv.h"
 #include "dpserve/kernels/cpu/linear.h"
 
 namespace dpserve::bench {
@@ -126,12 +127,33 @@ int main(int argc, char** argv) {
   app.add_option("--min-seconds", min_s, "minimum duration of one round");
   app.add_option("--min-mb", min_mb, "weight copies cycled so at least this many MB stream");
   app.add_option("--panel-rows", panel_rows, "BF16 rows widened per sgemm call");
+  int64_t k_block = kernels::small_m_tuning().k_block;
+  int tile = kernels::small_m_tuning().tile;
+  bool force_small_m = false;
+  std::vector<std::string> only_shapes;
+  bool unblocked = false;
+  app.add_option("--k-block", k_block, "blocked small-m kernel: columns per block; 0 = all");
+  app.add_flag("--unblocked", unblocked, "m > 1: the unblocked small-m tiles (the old kernel)");
+  app.add_option("--tile", tile, "small-m kernel (m > 1): register tile variant (0 = default)");
+  std::vector<int> ab_tiles;
+  app.add_option("--ab-tiles", ab_tiles,
+                 "A/B of small-m variants at each --m and shape, alternating round by round in one "
+                 "process (best of --rounds each): tile ids, -1 = unblocked kernel");
+  app.add_flag("--force-small-m", force_small_m, "use the small-m kernel at every m");
+  app.add_option("--shape", only_shapes, "only these shapes (e.g. 2048x5632 = in x out)");
   app.add_flag("--sweep", sweep,
                "compare the small-m kernel and sgemm for m = 1..32, 48, 64 (gate/up shape)");
   app.add_flag("--blas-threads", blas_threads, "sgemm path: OpenBLAS's own threads");
   app.add_flag("--no-ceilings", no_ceilings, "skip measuring the ceilings (fractions are void)");
   CLI11_PARSE(app, argc, argv);
 
+  kernels::small_m_tuning().k_block = k_block;
+  kernels::small_m_tuning().blocked = !unblocked;
+  kernels::small_m_tuning().tile = tile;
+  if (force_small_m) {
+    kernels::linear_tuning().sgemm_min_m_f32 = kernels::linear_tuning().sgemm_min_m_bf16 =
+        INT64_MAX;
+  }
   ThreadPool pool(threads);
   kernels::linear_tuning().blas_threads = blas_threads;
   kernels::linear_tuning().bf16_panel_rows = panel_rows;
@@ -142,6 +164,41 @@ int main(int argc, char** argv) {
   std::printf("%s\n", describe(c).c_str());
   std::fflush(stdout);
   const size_t min_bytes = static_cast<size_t>(min_mb * 1e6);
+
+  if (!ab_tiles.empty()) {
+    kernels::linear_tuning().sgemm_min_m_f32 = kernels::linear_tuning().sgemm_min_m_bf16 =
+        INT64_MAX;
+    std::printf("%-5s %-22s %5s", "dtype", "shape", "m");
+    for (int t : ab_tiles)
+      std::printf(" %9s", t < 0 ? "unblocked" : fmt::format("tile {}", t).c_str());
+    std::printf("  (GFLOP/s, best of %d alternating rounds)\n", rounds);
+    for (const auto& name : dtypes) {
+      const DType dt = name == "F32" ? DType::F32 : DType::BF16;
+      for (const Shape& sh : kShapes) {
+        const std::string key = std::to_string(sh.cols) + "x" + std::to_string(sh.rows);
+        if (!only_shapes.empty() &&
+            std::find(only_shapes.begin(), only_shapes.end(), key) == only_shapes.end())
+          continue;
+        const WeightSet ws(dt, sh.rows, sh.cols, min_bytes);
+        for (int64_t m : ms) {
+          std::vector<double> best(ab_tiles.size(), 1e30);
+          for (int round = 0; round < rounds; ++round) {
+            for (size_t v = 0; v < ab_tiles.size(); ++v) {
+              kernels::small_m_tuning().blocked = ab_tiles[v] >= 0;
+              kernels::small_m_tuning().tile = std::max(0, ab_tiles[v]);
+              best[v] = std::min(best[v], time_linear(ws, m, pool, 1, min_s));
+            }
+          }
+          std::printf("%-5s %-22s %5lld", name.c_str(), sh.name, static_cast<long long>(m));
+          for (double b : best)
+            std::printf(" %9.1f", 2.0 * static_cast<double>(m * sh.rows * sh.cols) / b / 1e9);
+          std::printf("\n");
+          std::fflush(stdout);
+        }
+      }
+    }
+    return 0;
+  }
 
   if (sweep) {
     std::printf("%-5s %5s %14s %14s  (GFLOP/s, gate/up 2048->5632)\n", "dtype", "m", "small-m",
@@ -173,6 +230,10 @@ int main(int argc, char** argv) {
   for (const auto& name : dtypes) {
     const DType dt = name == "F32" ? DType::F32 : DType::BF16;
     for (const Shape& sh : kShapes) {
+      const std::string key = std::to_string(sh.cols) + "x" + std::to_string(sh.rows);
+      if (!only_shapes.empty() &&
+          std::find(only_shapes.begin(), only_shapes.end(), key) == only_shapes.end())
+        continue;
       const WeightSet ws(dt, sh.rows, sh.cols, min_bytes);
       for (int64_t m : ms) {
         rows.push_back({dt, sh.name, m, ws.bytes(),

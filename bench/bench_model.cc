@@ -19,36 +19,15 @@
 #include "dpserve/common/errors.h"
 #include "dpserve/common/progress.h"
 #include "dpserve/common/thread_pool.h"
+#include "dpserve/kernels/cpu/gemv.h"
 #include "dpserve/model/models/llama.h"
+#include "roofline.h"
 
 namespace dpserve::bench {
 namespace {
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Weight bytes and parameter counts of the linear layers (what a forward streams).
-struct LinearCost {
-  double layer_params = 0;  // all decoder layers' q/k/v/o/gate/up/down
-  double head_params = 0;   // lm_head
-  double bytes_per_param = 4;
-};
-
-LinearCost linear_cost(const ModelConfig& c, const std::string& model_dir) {
-  LinearCost lc;
-  const double h = static_cast<double>(c.hidden_size);
-  const double q = static_cast<double>(c.num_attention_heads * c.head_dim);
-  const double kv = static_cast<double>(c.num_key_value_heads * c.head_dim);
-  const double inter = static_cast<double>(c.intermediate_size);
-  lc.layer_params =
-      static_cast<double>(c.num_hidden_layers) * (h * q + 2 * h * kv + q * h + 3 * h * inter);
-  lc.head_params = static_cast<double>(c.vocab_size) * h;
-  // Matrices are used as stored, except F16, which the loader widens to F32.
-  const WeightStore store(model_dir);
-  const DType dt = store.get("model.layers.0.mlp.down_proj.weight").dtype;
-  lc.bytes_per_param = dt == DType::BF16 ? 2 : 4;
-  return lc;
 }
 
 // One sequence being decoded: its KV slots so far.
@@ -129,6 +108,8 @@ int main(int argc, char** argv) {
   app.add_flag("--blas-threads", blas_threads,
                "sgemm (prefill) with OpenBLAS's own threads instead of one OpenBLAS call per pool "
                "thread");
+  bool unblocked = false;
+  app.add_flag("--unblocked", unblocked, "m > 1: the unblocked small-m tiles (the old kernel)");
   app.add_flag("--no-ceilings", skip_ceilings, "skip measuring the ceilings (fractions are void)");
   CLI11_PARSE(app, argc, argv);
 
@@ -139,6 +120,7 @@ int main(int argc, char** argv) {
     c.read_gbps = c.sgemm_gflops = 1;
     if (!skip_ceilings) c = measure_ceilings(pool);
     kernels::linear_tuning().blas_threads = blas_threads;
+    kernels::small_m_tuning().blocked = !unblocked;
     std::printf("%s\n", describe(c).c_str());
 
     ModelOptions opts;
@@ -217,32 +199,26 @@ int main(int argc, char** argv) {
       c = best_of(c, end);
     }
 
-    // Rooflines.
+    // Rooflines (bench/roofline.h).
     const double n = prompt_len;
-    const double attn_flops = 4.0 * static_cast<double>(cfg.num_hidden_layers) *
-                              static_cast<double>(cfg.num_attention_heads * cfg.head_dim) * n *
-                              (n + 1) / 2;
-    const double prefill_flops = 2.0 * lc.layer_params * n + 2.0 * lc.head_params + attn_flops;
+    const double pf_flops = prefill_flops(lc, prompt_len);
     const double prefill_tps = n / prefill_s;
-    const double prefill_roof = n / (prefill_flops / (c.sgemm_gflops * 1e9));
+    const double prefill_roof = n / (pf_flops / (c.sgemm_gflops * 1e9));
     if (prefill_reps > 0)
       std::printf(
           "\nprefill %d tokens: %.3f s, %.1f tok/s, %.1f GFLOP/s; roofline %.1f tok/s "
           "(%.1f GFLOP/token at %.1f GFLOP/s) -> %.0f%% of roofline\n",
-          prompt_len, prefill_s, prefill_tps, prefill_flops / prefill_s / 1e9, prefill_roof,
-          prefill_flops / n / 1e9, c.sgemm_gflops, 100.0 * prefill_tps / prefill_roof);
-    const double step_bytes = (lc.layer_params + lc.head_params) * lc.bytes_per_param;
+          prompt_len, prefill_s, prefill_tps, pf_flops / prefill_s / 1e9, prefill_roof,
+          pf_flops / n / 1e9, c.sgemm_gflops, 100.0 * prefill_tps / prefill_roof);
+    const double step_bytes = lc.weight_bytes();
     for (const auto& d : decode) {
       const double tps = d.batch / d.step_s;
-      const double bw_roof = c.read_gbps * 1e9 / step_bytes * d.batch;
-      const double flop_roof =
-          c.sgemm_gflops * 1e9 / (2.0 * (lc.layer_params + lc.head_params));  // tokens/s
-      const double roof = std::min(bw_roof, flop_roof);
+      const DecodeRoofline roof = decode_roofline(c, lc, d.batch);
       std::printf(
           "decode batch %2d: %.1f ms/step, %.1f tok/s (%.1f GB/s weights); roofline %.1f "
           "tok/s (bandwidth %.1f, flops %.1f) -> %.0f%% of roofline\n",
-          d.batch, d.step_s * 1e3, tps, step_bytes / d.step_s / 1e9, roof, bw_roof, flop_roof,
-          100.0 * tps / roof);
+          d.batch, d.step_s * 1e3, tps, step_bytes / d.step_s / 1e9, roof.tps, roof.bandwidth_tps,
+          roof.flops_tps, 100.0 * tps / roof.tps);
     }
     std::printf("load average at end: %.2f\n", load_average());
   } catch (const Error& e) {

@@ -1,4 +1,5 @@
 #include "dpserve/kernels/cpu/linear.h"
+#include "dpserve/kernels/cpu/gemv.h"
 
 #include <cmath>
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "dpserve/common/dtype.h"
 #include "dpserve/common/thread_pool.h"
+#include "dpserve/kernels/cpu/gemv.h"
 
 namespace dpserve::kernels {
 namespace {
@@ -146,6 +148,30 @@ TEST(Linear, F32AllPaths) {
 
 TEST(Linear, BF16AllPaths) {
   run_cases(DType::BF16, {Path::kDefault, Path::kSmallM, Path::kSgemm}, {1, 2, 3}, kMs, kShapes);
+}
+
+TEST(Linear, SmallMBlockedVariants) {
+  // Every register tile of the blocked m > 1 kernel, column blocks smaller than, equal to and
+  // larger than the row (tails in rows, columns and m), and the unblocked tiles.
+  struct SmallMGuard {
+    SmallMTuning saved = small_m_tuning();
+    ~SmallMGuard() { small_m_tuning() = saved; }
+  } small_guard;
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {5, 33}, {172, 513}, {37, 100}, {64, 48}, {9, 16}};
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int tile = 0; tile < 4; ++tile) {
+      for (int64_t kb : {16, 48, 256, 0}) {
+        small_m_tuning() = SmallMTuning{};
+        small_m_tuning().tile = tile;
+        small_m_tuning().k_block = kb;
+        run_cases(dt, {Path::kSmallM}, {1, 2}, {2, 3, 5, 7, 16, 17}, shapes);
+      }
+    }
+    small_m_tuning() = SmallMTuning{};
+    small_m_tuning().blocked = false;
+    run_cases(dt, {Path::kSmallM}, {2}, {2, 3, 5, 16, 17}, shapes);
+  }
 }
 
 TEST(Linear, SgemmWithBlasThreads) {

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <vector>
 
 #include "dpserve/common/dtype.h"
 
@@ -172,6 +174,150 @@ void run_rows(const float* x, int64_t m, const WT* w, int64_t cols, const float*
     block_rows<WT, 1, MB>(x, m, w + r * cols, cols, bias ? bias + r : nullptr, y + r, ldy);
 }
 
+// ---- Blocked small-m kernel for m > 1 (small batches) ----
+//
+// For a tile of R weight rows, the columns are cut into blocks of kb columns. Within a block, every
+// group of MB rows of x runs against the same R weight rows, so that W tile (R · kb values) stays
+// in L1 and is loaded from memory once; the x block (m · kb floats) stays in L1/L2 across the row
+// tiles. Per step the MB rows of x sit in registers and every weight vector feeds MB FMAs, so there
+// are (R + MB) loads for R · MB FMAs. Partial sums live in a small buffer acc[m][R][8] (L1) between
+// column blocks; the horizontal sums are done once per tile at the end.
+
+// Adds columns [c0, c1) of the MB x R tile to the vector partial sums at acc ([MB][R][8] floats),
+// which start at zero when `first`. For BF16, x is packed (pack_x_for_bf16) and c0, c1 are
+// multiples of 16; for F32 they are multiples of 8. With `prefetch`, the next tile's rows (R rows
+// further) are hinted into L2 at the same columns.
+template <int R, int MB>
+inline void block_f32(const float* x, int64_t ldx, const float* w, int64_t cols, int64_t c0,
+                      int64_t c1, float* acc_buf, bool first, bool prefetch) {
+  // x: panel layout, the MB rows' 8 values of column step c / 8 at x + (c / 8) * ldx + i * 8.
+  __m256 acc[MB][R];
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < R; ++r)
+      acc[i][r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_buf + (i * R + r) * 8);
+  for (int64_t c = c0; c < c1; c += 8) {
+    if (prefetch && (c & 15) == 0) prefetch_next_tile<R>(w, cols, c);
+    const float* xc = x + (c / 8) * ldx;
+    __m256 xv[MB];
+    for (int i = 0; i < MB; ++i) xv[i] = _mm256_loadu_ps(xc + i * 8);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * cols + c);
+      for (int i = 0; i < MB; ++i) acc[i][r] = _mm256_fmadd_ps(wv, xv[i], acc[i][r]);
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(acc_buf + (i * R + r) * 8, acc[i][r]);
+}
+
+template <int R, int MB>
+inline void block_bf16(const float* xp, int64_t ldx, const uint16_t* w, int64_t cols, int64_t c0,
+                       int64_t c1, float* acc_buf, bool first, bool prefetch) {
+  const __m256i hi_mask = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  __m256 acc[MB][R];
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < R; ++r)
+      acc[i][r] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(acc_buf + (i * R + r) * 8);
+  for (int64_t c = c0; c < c1; c += 16) {
+    if (prefetch && (c & 31) == 0) prefetch_next_tile<R>(w, cols, c);
+    // xp: panel layout, the MB rows' 16 values of column step c / 16 at xp + (c / 16) * ldx +
+    // i * 16 (even-indexed values first, as pack_x_for_bf16 orders them).
+    const float* xc = xp + (c / 16) * ldx;
+    __m256 xe[MB], xo[MB];
+    for (int i = 0; i < MB; ++i) {
+      xe[i] = _mm256_loadu_ps(xc + i * 16);
+      xo[i] = _mm256_loadu_ps(xc + i * 16 + 8);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * cols + c));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi_mask));
+      for (int i = 0; i < MB; ++i) {
+        acc[i][r] = _mm256_fmadd_ps(we, xe[i], acc[i][r]);
+        acc[i][r] = _mm256_fmadd_ps(wo, xo[i], acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(acc_buf + (i * R + r) * 8, acc[i][r]);
+}
+
+template <typename WT, int R, int MB>
+inline void block(const float* x, int64_t ldx, const WT* w, int64_t cols, int64_t c0, int64_t c1,
+                  float* acc_buf, bool first, bool prefetch) {
+  if constexpr (sizeof(WT) == 4) {
+    block_f32<R, MB>(x, ldx, w, cols, c0, c1, acc_buf, first, prefetch);
+  } else {
+    block_bf16<R, MB>(x, ldx, w, cols, c0, c1, acc_buf, first, prefetch);
+  }
+}
+
+// Columns [c0, c1) for all m rows of x (panel layout, see pack_x_panels): groups of MB rows,
+// then one group of the rest (< MB).
+template <typename WT, int R, int MB>
+inline void block_all_m(const float* xp, int64_t m, const WT* w, int64_t cols, int64_t c0,
+                        int64_t c1, float* acc_buf, bool first, bool prefetch) {
+  constexpr int64_t kStep = sizeof(WT) == 2 ? 16 : 8;
+  const int64_t ldx = m * kStep;
+  int64_t i = 0;
+  for (; i + MB <= m; i += MB) {
+    block<WT, R, MB>(xp + i * kStep, ldx, w, cols, c0, c1, acc_buf + i * R * 8, first,
+                     prefetch && i == 0);
+  }
+  const int64_t rest = m - i;
+  const float* xi = xp + i * kStep;
+  float* ai = acc_buf + i * R * 8;
+  const bool pf = prefetch && i == 0;
+  if constexpr (MB > 1) {
+    if (rest == 1) block<WT, R, 1>(xi, ldx, w, cols, c0, c1, ai, first, pf);
+  }
+  if constexpr (MB > 2) {
+    if (rest == 2) block<WT, R, 2>(xi, ldx, w, cols, c0, c1, ai, first, pf);
+  }
+  if constexpr (MB > 3) {
+    if (rest == 3) block<WT, R, 3>(xi, ldx, w, cols, c0, c1, ai, first, pf);
+  }
+  if constexpr (MB > 4) {
+    if (rest == 4) block<WT, R, 4>(xi, ldx, w, cols, c0, c1, ai, first, pf);
+  }
+  if constexpr (MB > 5) {
+    if (rest == 5) block<WT, R, 5>(xi, ldx, w, cols, c0, c1, ai, first, pf);
+  }
+}
+
+// Scratch for the partial sums of one row tile, per thread.
+thread_local std::vector<float> tl_acc;
+
+// Rows [r0, r1) in tiles of R rows (then single rows), columns in blocks of kb, all m rows of x
+// (panel layout).
+template <typename WT, int R, int MB>
+void run_rows_blocked(const float* x, int64_t m, const WT* w, int64_t cols, const float* bias,
+                      float* y, int64_t ldy, int64_t r0, int64_t r1, int64_t kb) {
+  constexpr int64_t kStep = sizeof(WT) == 2 ? 16 : 8;  // columns per vector step
+  const int64_t cv = cols / kStep * kStep;             // vectorized columns; the rest in scalar
+  kb = std::max<int64_t>(kStep, kb / kStep * kStep);
+  if (static_cast<int64_t>(tl_acc.size()) < m * R * 8)
+    tl_acc.resize(static_cast<size_t>(m * R * 8));
+  float* acc = tl_acc.data();
+  auto tile_rows = [&]<int RR>(int64_t r) {
+    const WT* wr = w + r * cols;
+    if (cv == 0) std::fill(acc, acc + m * RR * 8, 0.0f);
+    for (int64_t c0 = 0; c0 < cv; c0 += kb) {
+      block_all_m<WT, RR, MB>(x, m, wr, cols, c0, std::min(cv, c0 + kb), acc, c0 == 0, RR > 1);
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      for (int rr = 0; rr < RR; ++rr) {
+        float s = hsum(_mm256_loadu_ps(acc + (i * RR + rr) * 8));
+        const float* xt = x + cv * m + i * (cols - cv);  // tail columns of row i
+        for (int64_t c = cv; c < cols; ++c) s += xt[c - cv] * wval(wr + rr * cols, c);
+        y[i * ldy + r + rr] = s + (bias ? bias[r + rr] : 0.0f);
+      }
+    }
+  };
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) tile_rows.template operator()<R>(r);
+  for (; r < r1; ++r) tile_rows.template operator()<1>(r);
+}
+
 // Rows per decode (m = 1) tile, one accumulator each. Measured (docs/benchmarks.md): 8 rows
 // stream weights from memory faster than 4 (more lines in flight) and, in cache, run about twice
 // as fast as 12 or 16 rows, whose row pointers no longer fit in the general-purpose registers.
@@ -180,20 +326,62 @@ constexpr int kDecodeRows = 8;
 template <typename WT>
 void run(const float* x, int64_t m, const WT* w, int64_t cols, const float* bias, float* y,
          int64_t ldy, int64_t r0, int64_t r1) {
-  constexpr bool kBf16 = sizeof(WT) == 2;
   if (m == 1) {
     run_rows<WT, kDecodeRows, 1>(x, m, w, cols, bias, y, ldy, r0, r1);
-  } else if constexpr (kBf16) {
-    // Register tiles for m > 1 picked by measurement (docs/benchmarks.md). They use more than 16
-    // vector registers, available with AVX-512VL (-march=native here); a plain AVX2 build spills
-    // a few accumulators.
+  } else if constexpr (sizeof(WT) == 2) {
     run_rows<WT, 8, 2>(x, m, w, cols, bias, y, ldy, r0, r1);
   } else {
     run_rows<WT, 4, 4>(x, m, w, cols, bias, y, ldy, r0, r1);
   }
 }
 
+template <typename WT>
+void run_blocked(const float* xp, int64_t m, const WT* w, int64_t cols, const float* bias, float* y,
+                 int64_t ldy, int64_t r0, int64_t r1) {
+  const SmallMTuning& t = small_m_tuning();
+  const int64_t kb = t.k_block > 0 ? t.k_block : cols;
+  if constexpr (sizeof(WT) == 2) {
+    // Register tiles picked by measurement (docs/benchmarks.md, A/B at m = 16): BF16 4 rows x 4,
+    // F32 4 rows x 6. They use up to 30 vector registers, available with AVX-512VL
+    // (-march=native here); a plain AVX2 build spills some.
+    switch (t.tile) {
+      case 1:
+        run_rows_blocked<WT, 8, 2>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+      case 2:
+        run_rows_blocked<WT, 6, 3>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+      case 3:
+        run_rows_blocked<WT, 4, 3>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+      default:
+        run_rows_blocked<WT, 4, 4>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+    }
+  } else {
+    switch (t.tile) {
+      case 1:
+        run_rows_blocked<WT, 6, 4>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+      case 2:
+        run_rows_blocked<WT, 8, 2>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+      case 3:
+        run_rows_blocked<WT, 4, 4>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+      default:
+        run_rows_blocked<WT, 4, 6>(xp, m, w, cols, bias, y, ldy, r0, r1, kb);
+        break;
+    }
+  }
+}
+
 }  // namespace
+
+SmallMTuning& small_m_tuning() {
+  static SmallMTuning tuning;
+  return tuning;
+}
 
 void pack_x_for_bf16(const float* x, int64_t m, int64_t cols, float* out) {
   const int64_t c16 = cols & ~int64_t{15};
@@ -208,6 +396,38 @@ void pack_x_for_bf16(const float* x, int64_t m, int64_t cols, float* out) {
     }
     for (int64_t c = c16; c < cols; ++c) oi[c] = xi[c];
   }
+}
+
+void pack_x_panels(const float* x, int64_t m, int64_t cols, bool bf16, float* out) {
+  const int64_t step = bf16 ? 16 : 8;
+  const int64_t cv = cols / step * step;
+  for (int64_t c = 0; c < cv; c += step) {
+    float* o = out + c * m;  // (c / step) * m * step
+    for (int64_t i = 0; i < m; ++i, o += step) {
+      const float* xi = x + i * cols + c;
+      if (bf16) {
+        for (int k = 0; k < 8; ++k) {
+          o[k] = xi[2 * k];
+          o[8 + k] = xi[2 * k + 1];
+        }
+      } else {
+        for (int k = 0; k < 8; ++k) o[k] = xi[k];
+      }
+    }
+  }
+  const int64_t tail = cols - cv;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < tail; ++c) out[cv * m + i * tail + c] = x[i * cols + cv + c];
+}
+
+void small_m_blocked_f32(const float* xp, int64_t m, const float* w, int64_t cols,
+                         const float* bias, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  run_blocked<float>(xp, m, w, cols, bias, y, ldy, r0, r1);
+}
+
+void small_m_blocked_bf16(const float* xp, int64_t m, const uint16_t* w, int64_t cols,
+                          const float* bias, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  run_blocked<uint16_t>(xp, m, w, cols, bias, y, ldy, r0, r1);
 }
 
 void small_m_f32(const float* x, int64_t m, const float* w, int64_t cols, const float* bias,

@@ -152,6 +152,21 @@ void linear(const float* x, int64_t m, const WeightMatrix& w, const float* bias,
     }
     return;
   }
+  if (m > 1 && small_m_tuning().blocked) {
+    // Blocked kernel: x packed once per call into column panels (no L1 set conflicts between its
+    // rows, which are a multiple of 4 KiB apart at these shapes).
+    float* xp = grow(tl_packed_x, m * cols);
+    pack_x_panels(x, m, cols, bf16, xp);
+    for_row_chunks(pool, rows, tune.chunks_per_thread, [&](int64_t r0, int64_t r1) {
+      if (bf16) {
+        small_m_blocked_bf16(xp, m, static_cast<const uint16_t*>(w.data), cols, bias, y, rows, r0,
+                             r1);
+      } else {
+        small_m_blocked_f32(xp, m, static_cast<const float*>(w.data), cols, bias, y, rows, r0, r1);
+      }
+    });
+    return;
+  }
   if (!bf16) {
     const float* wf = static_cast<const float*>(w.data);
     for_row_chunks(pool, rows, tune.chunks_per_thread, [&](int64_t r0, int64_t r1) {
