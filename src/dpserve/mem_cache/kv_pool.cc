@@ -13,18 +13,24 @@ TokenSlotAllocator::TokenSlotAllocator(int64_t size) : size_(size) {
 }
 
 void TokenSlotAllocator::clear() {
-  free_.resize(size_);
-  // Reverse order so that the first allocations get the lowest ids.
-  for (int64_t i = 0; i < size_; ++i) free_[i] = static_cast<int32_t>(size_ - 1 - i);
-  in_use_.assign(size_, 0);
+  next_fresh_ = 0;
+  free_.clear();
+  in_use_.clear();
 }
 
 std::optional<std::vector<int32_t>> TokenSlotAllocator::alloc(int64_t n) {
   DPSERVE_CHECK(n >= 0, "alloc of {} slots", n);
   if (n > available()) return std::nullopt;
-  std::vector<int32_t> out(free_.end() - n, free_.end());
-  std::reverse(out.begin(), out.end());
-  free_.resize(free_.size() - n);
+  std::vector<int32_t> out;
+  out.reserve(static_cast<size_t>(n));
+  while (static_cast<int64_t>(out.size()) < n && !free_.empty()) {
+    out.push_back(free_.back());
+    free_.pop_back();
+  }
+  const int64_t fresh = n - static_cast<int64_t>(out.size());
+  in_use_.resize(static_cast<size_t>(next_fresh_ + fresh), 0);
+  for (int64_t i = 0; i < fresh; ++i) out.push_back(static_cast<int32_t>(next_fresh_ + i));
+  next_fresh_ += fresh;
   for (int32_t s : out) in_use_[s] = 1;
   return out;
 }
@@ -32,7 +38,7 @@ std::optional<std::vector<int32_t>> TokenSlotAllocator::alloc(int64_t n) {
 void TokenSlotAllocator::free(std::span<const int32_t> slots) {
   for (int32_t s : slots) {
     DPSERVE_CHECK(s >= 0 && s < size_, "freeing slot {} outside [0, {})", s, size_);
-    DPSERVE_CHECK(in_use_[s], "double free of KV slot {}", s);
+    DPSERVE_CHECK(s < next_fresh_ && in_use_[s], "double free of KV slot {}", s);
     in_use_[s] = 0;
     free_.push_back(s);
   }

@@ -22,7 +22,7 @@ class TokenSlotAllocator {
   // Returns slots to the free list; each must be currently allocated.
   void free(std::span<const int32_t> slots);
   // Number of free slots.
-  int64_t available() const { return static_cast<int64_t>(free_.size()); }
+  int64_t available() const { return static_cast<int64_t>(free_.size()) + size_ - next_fresh_; }
   // Total number of slots.
   int64_t size() const { return size_; }
   // Frees every slot (e.g. when the scheduler flushes its cache).
@@ -30,8 +30,9 @@ class TokenSlotAllocator {
 
  private:
   int64_t size_;
-  std::vector<int32_t> free_;    // stack of free slot ids; the back is handed out first
-  std::vector<uint8_t> in_use_;  // per slot: 1 while allocated, to catch double frees
+  int64_t next_fresh_ = 0;       // slots >= this were never handed out (so setup is O(1))
+  std::vector<int32_t> free_;    // stack of returned slot ids; handed out before fresh ones
+  std::vector<uint8_t> in_use_;  // per slot below next_fresh_: 1 while allocated (double frees)
 };
 
 // K and V storage for `size` token slots in every layer, f32. Layout per layer and per kv head:
