@@ -9,8 +9,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libsentencepiece-dev libpcre2-dev
-  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libcpp-httplib-dev
-  python3 python3-numpy
+  libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libcpp-httplib-dev libgloo-dev
+  python3 python3-numpy iproute2
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -23,7 +23,13 @@ Examples:
     tools/gen_checkpoint.py --preset tinyllama-1.1b --dtype BF16 --out models-gen/tinyllama-1.1b-bf16
     tools/gen_checkpoint.py --preset qwen3-0.6b --shard-size 500MB --out models-gen/qwen3-0.6b
     tools/gen_checkpoint.py --preset tiny-qwen3 --out /tmp/tq3 --override num_hidden_layers=3
+    tools/gen_checkpoint.py --preset qwen3-30b-a3b-2l --out models-gen/qwen3-30b-a3b-2l-bf16
     tools/gen_checkpoint.py --list-presets
+
+MoE architectures (mixtral, qwen2_moe, qwen3_moe) write a router and num_experts experts per sparse
+layer under the Hugging Face names (block_sparse_moe.gate / experts.E.w1,w2,w3 for Mixtral;
+mlp.gate / mlp.experts.E.{gate,up,down}_proj, plus shared_expert.* and shared_expert_gate for
+Qwen2-MoE); layers in mlp_only_layers or off the decoder_sparse_step keep a dense MLP.
 """
 
 import argparse
@@ -62,8 +68,9 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json"]
 
 # ---------------------------------------------------------------------------------------------
-# Presets. Keys: arch (llama | mistral | qwen2 | qwen3) + config.json fields + generator knobs
-# (dtype, std, embed_std, bias_std, norm_jitter, tokenizer, tokenizer_files, num_shards).
+# Presets. Keys: arch (llama | mistral | qwen2 | qwen3 | mixtral | qwen2_moe | qwen3_moe) +
+# config.json fields + generator knobs (dtype, std, embed_std, bias_std, norm_jitter, router_std,
+# tokenizer, tokenizer_files, num_shards).
 # ---------------------------------------------------------------------------------------------
 PRESETS = {
     # --- real shapes, for benchmarks (speed does not depend on the values) ---
@@ -87,6 +94,17 @@ PRESETS = {
         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0,
         rms_norm_eps=1e-5, max_position_embeddings=8192, tie_word_embeddings=True,
         bos_token_id=1, eos_token_id=2, tokenizer="llama2-32k", dtype="BF16", std=0.02),
+    # Qwen3-30B-A3B's layer geometry (hidden 2048, 32 heads / 4 KV heads of 128, 128 experts of
+    # 768 features, 8 active, real vocab) with 2 of its 48 layers, so that it fits a small machine
+    # (3.7 GB in BF16); --override num_hidden_layers=N for more.
+    "qwen3-30b-a3b-2l": dict(
+        arch="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_hidden_layers=2,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, vocab_size=151936,
+        num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True,
+        decoder_sparse_step=1, mlp_only_layers=[], rope_theta=1000000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=40960, tie_word_embeddings=False, bos_token_id=151643,
+        eos_token_id=151645, generation_eos_token_id=[151645, 151643], pad_token_id=151643,
+        tokenizer="qwen3", dtype="BF16", std=0.02, router_std=0.5),
 
     # --- tiny test models (tests/fixtures/models/), vocab 512 = stories260K tokenizer ---
     # Shapes are small (hidden 32) so that each fixture dir stays < 300 KB; std 0.3 makes the
@@ -135,15 +153,19 @@ PRESETS = {
 }
 
 # Generator-only keys (not written to config.json).
-GEN_KEYS = {"arch", "dtype", "std", "embed_std", "bias_std", "norm_jitter", "tokenizer", "tiny",
-            "num_shards", "generation_eos_token_id", "pad_token_id"}
+GEN_KEYS = {"arch", "dtype", "std", "embed_std", "bias_std", "norm_jitter", "router_std",
+            "tokenizer", "tiny", "num_shards", "generation_eos_token_id", "pad_token_id"}
 
 ARCHS = {
     "llama": ("LlamaForCausalLM", "llama"),
     "mistral": ("MistralForCausalLM", "mistral"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "mixtral": ("MixtralForCausalLM", "mixtral"),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", "qwen2_moe"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "qwen3_moe"),
 }
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 DTYPES = {  # safetensors name -> (bytes per element, torch_dtype string)
     "F32": (4, "float32"),
@@ -161,7 +183,7 @@ def make_config(p, dtype):
     """HF config.json contents for preset dict p (key order like transformers writes them)."""
     arch_cls, model_type = ARCHS[p["arch"]]
     c = {"architectures": [arch_cls], "model_type": model_type}
-    if p["arch"] in ("llama", "qwen3"):
+    if p["arch"] in ("llama", "qwen3", "qwen3_moe"):
         c["attention_bias"] = False
     c["attention_dropout"] = 0.0
     c["bos_token_id"] = p["bos_token_id"]
@@ -173,7 +195,7 @@ def make_config(p, dtype):
     c["initializer_range"] = 0.02
     c["intermediate_size"] = p["intermediate_size"]
     c["max_position_embeddings"] = p["max_position_embeddings"]
-    if p["arch"] in ("qwen2", "qwen3"):
+    if p["arch"] in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         c["max_window_layers"] = p["num_hidden_layers"]
     if p["arch"] == "llama":
         c["mlp_bias"] = False
@@ -185,13 +207,13 @@ def make_config(p, dtype):
     c["rms_norm_eps"] = p["rms_norm_eps"]
     c["rope_scaling"] = p.get("rope_scaling")
     c["rope_theta"] = p["rope_theta"]
-    if p["arch"] in ("mistral", "qwen2", "qwen3"):
+    if p["arch"] in ("mistral", "qwen2", "qwen3") + MOE_ARCHS:
         c["sliding_window"] = None
     c["tie_word_embeddings"] = p["tie_word_embeddings"]
     c["torch_dtype"] = DTYPES[dtype][1]
     c["transformers_version"] = "4.51.0"
     c["use_cache"] = True
-    if p["arch"] in ("qwen2", "qwen3"):
+    if p["arch"] in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe"):
         c["use_sliding_window"] = False
     c["vocab_size"] = p["vocab_size"]
     # any extra config keys given via --override that are not known above
@@ -204,16 +226,52 @@ def make_config(p, dtype):
 # ---------------------------------------------------------------------------------------------
 # tensor list
 # ---------------------------------------------------------------------------------------------
+def is_moe_layer(p, i):
+    """Hugging Face's rule: Mixtral layers are all sparse; Qwen MoE layers unless in
+    mlp_only_layers, every decoder_sparse_step-th."""
+    if p["arch"] == "mixtral":
+        return True
+    if p["arch"] not in MOE_ARCHS:
+        return False
+    return i not in p.get("mlp_only_layers", []) and (i + 1) % p.get("decoder_sparse_step", 1) == 0
+
+
+def moe_specs(p, pre):
+    """Router, experts (and Qwen2-MoE's shared expert) of one sparse layer."""
+    H = p["hidden_size"]
+    if p["arch"] == "mixtral":
+        E, I = p["num_local_experts"], p["intermediate_size"]
+        out = [(pre + "block_sparse_moe.gate.weight", (E, H), "router")]
+        for e in range(E):
+            q = pre + f"block_sparse_moe.experts.{e}."
+            out += [(q + "w1.weight", (I, H), "linear"), (q + "w2.weight", (H, I), "linear"),
+                    (q + "w3.weight", (I, H), "linear")]
+        return out
+    E, I = p["num_experts"], p["moe_intermediate_size"]
+    out = [(pre + "mlp.gate.weight", (E, H), "router")]
+    for e in range(E):
+        q = pre + f"mlp.experts.{e}."
+        out += [(q + "gate_proj.weight", (I, H), "linear"), (q + "up_proj.weight", (I, H), "linear"),
+                (q + "down_proj.weight", (H, I), "linear")]
+    if p["arch"] == "qwen2_moe":
+        S = p["shared_expert_intermediate_size"]
+        q = pre + "mlp.shared_expert."
+        out += [(q + "gate_proj.weight", (S, H), "linear"), (q + "up_proj.weight", (S, H), "linear"),
+                (q + "down_proj.weight", (H, S), "linear"),
+                (pre + "mlp.shared_expert_gate.weight", (1, H), "linear")]
+    return out
+
+
 def tensor_specs(p):
-    """[(name, shape, kind)] in module order; kind: 'embed' | 'linear' | 'bias' | 'norm'."""
+    """[(name, shape, kind)] in module order; kind: 'embed' | 'linear' | 'bias' | 'norm' | 'router'."""
     H = p["hidden_size"]
     I = p["intermediate_size"]
     V = p["vocab_size"]
     nh = p["num_attention_heads"]
     nkv = p["num_key_value_heads"]
     hd = p.get("head_dim") or H // nh
-    qkv_bias = p["arch"] == "qwen2"
-    qk_norm = p["arch"] == "qwen3"
+    qkv_bias = p["arch"] in ("qwen2", "qwen2_moe")
+    qk_norm = p["arch"] in ("qwen3", "qwen3_moe")
     specs = [("model.embed_tokens.weight", (V, H), "embed")]
     for i in range(p["num_hidden_layers"]):
         pre = f"model.layers.{i}."
@@ -227,6 +285,9 @@ def tensor_specs(p):
             specs.append((pre + "self_attn.q_norm.weight", (hd,), "norm"))
             specs.append((pre + "self_attn.k_norm.weight", (hd,), "norm"))
         specs.append((pre + "post_attention_layernorm.weight", (H,), "norm"))
+        if is_moe_layer(p, i):
+            specs.extend(moe_specs(p, pre))
+            continue
         specs.append((pre + "mlp.gate_proj.weight", (I, H), "linear"))
         specs.append((pre + "mlp.up_proj.weight", (I, H), "linear"))
         specs.append((pre + "mlp.down_proj.weight", (H, I), "linear"))
@@ -278,6 +339,8 @@ def tensor_chunks(name, shape, kind, seed, p):
             x *= np.float32(p.get("embed_std", std))
         elif kind == "bias":
             x *= np.float32(p.get("bias_std", std))
+        elif kind == "router":
+            x *= np.float32(p.get("router_std", std))
         else:
             x *= np.float32(std)
         yield x

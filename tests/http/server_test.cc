@@ -432,10 +432,17 @@ TEST(ServerLifecycle, BrokenModelDirExitsWithTheSchedulersError) {
   EXPECT_THAT(missing.out, HasSubstr("/nonexistent/model"));
 
   const auto later = dpserve_test::run_command(
-      bin + " serve --model-path " + kStories + " --tp-size 2", /*with_stderr=*/true);
+      bin + " serve --model-path " + kStories + " --dp-size 2", /*with_stderr=*/true);
   EXPECT_EQ(later.exit_code, 1);
-  EXPECT_THAT(later.out, HasSubstr("--tp-size"));
+  EXPECT_THAT(later.out, HasSubstr("--dp-size"));
   EXPECT_THAT(later.out, HasSubstr("not implemented"));
+
+  // A TP size the model cannot be split into: the ranks' error reaches the user.
+  const auto tp3 = dpserve_test::run_command(
+      bin + " serve --model-path " + kStories + " --tp-size 3", /*with_stderr=*/true);
+  EXPECT_EQ(tp3.exit_code, 1);
+  EXPECT_THAT(tp3.out, HasSubstr("num_attention_heads (8)"));
+  EXPECT_THAT(tp3.out, HasSubstr("tp_size (3)"));
 
   const auto invalid = dpserve_test::run_command(
       bin + " serve --model-path " + kStories + " --port 70000", /*with_stderr=*/true);

@@ -121,14 +121,52 @@ TEST(IoStruct, ControlMessagesRoundTrip) {
 }
 
 TEST(IoStruct, EveryTypeHasItsOwnTagAndName) {
-  const Message all[] = {sample_req(),     AbortReq{},         sample_out(),       FlushCacheReq{},
-                         FlushCacheResp{}, GetServerInfoReq{}, GetServerInfoResp{}};
+  const Message all[] = {sample_req(),     AbortReq{},         sample_out(),        FlushCacheReq{},
+                         FlushCacheResp{}, GetServerInfoReq{}, GetServerInfoResp{}, LoadReport{}};
   ASSERT_EQ(std::size(all), std::variant_size_v<Message>);
   for (const Message& m : all) {
     const Message back = decode(encode(m));
     EXPECT_EQ(back.index(), m.index());
     EXPECT_EQ(message_name(back), message_name(m));
   }
+}
+
+TEST(IoStruct, DataParallelRankRoundTrips) {
+  TokenizedGenerateReq r = sample_req();
+  EXPECT_EQ(r.data_parallel_rank, -1);  // the controller decides by default
+  EXPECT_EQ(round_trip(r).data_parallel_rank, -1);
+  r.data_parallel_rank = 3;
+  EXPECT_EQ(round_trip(r).data_parallel_rank, 3);
+}
+
+TEST(IoStruct, LoadReportRoundTrips) {
+  LoadReport l;
+  l.dp_rank = 2;
+  l.num_running_reqs = 17;
+  l.num_waiting_reqs = 4;
+  l.num_used_tokens = int64_t{1} << 40;
+  l.num_queued_tokens = 12345;
+  l.max_total_tokens = 65536;
+  l.timestamp = 1754400000.123456;
+  const LoadReport b = round_trip(l);
+  EXPECT_EQ(b.dp_rank, 2);
+  EXPECT_EQ(b.num_running_reqs, 17);
+  EXPECT_EQ(b.num_waiting_reqs, 4);
+  EXPECT_EQ(b.num_used_tokens, int64_t{1} << 40);
+  EXPECT_EQ(b.num_queued_tokens, 12345);
+  EXPECT_EQ(b.max_total_tokens, 65536);
+  EXPECT_EQ(b.timestamp, 1754400000.123456);  // a double, not squeezed into a float
+  EXPECT_EQ(message_name(Message{l}), "LoadReport");
+  EXPECT_EQ(Message{l}.index(), 7u);  // appended: the older tags keep their numbers
+}
+
+TEST(IoStruct, ControlResponsesCarryTheirDpRank) {
+  FlushCacheResp f{true, "", 1};
+  EXPECT_EQ(round_trip(f).dp_rank, 1);
+  EXPECT_EQ(round_trip(FlushCacheResp{}).dp_rank, -1);
+  GetServerInfoResp g{R"({"a":1})", 3};
+  EXPECT_EQ(round_trip(g).dp_rank, 3);
+  EXPECT_EQ(round_trip(GetServerInfoResp{"{}"}).dp_rank, -1);
 }
 
 std::string decode_error(std::string_view bytes) {
@@ -173,6 +211,22 @@ TEST(IoStruct, OutOfRangeIntegersAreErrors) {
   bytes[pos + 1] = '\xff';
   EXPECT_THAT(decode_error(bytes),
               HasSubstr("TokenizedGenerateReq.input_ids[3]: expected an integer in range"));
+}
+
+TEST(IoStruct, MalformedLoadReportsAreErrors) {
+  // [1, 7, [0, 1, 2, 3, 4, 5, "now"]]: a string where the timestamp's double belongs.
+  EXPECT_THAT(decode_error(std::string("\x93\x01\x07\x97\x00\x01\x02\x03\x04\x05\xa3now", 14)),
+              HasSubstr("LoadReport.timestamp: expected a number"));
+  // [1, 7, [0]]: too few fields.
+  EXPECT_THAT(decode_error(std::string("\x93\x01\x07\x91\x00", 5)),
+              HasSubstr("LoadReport: expected an array of 7 fields"));
+  // A truncated report.
+  LoadReport l;
+  l.timestamp = 1.5;
+  const std::string bytes = encode(Message{l});
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_THAT(decode_error(std::string_view(bytes).substr(0, n)), HasSubstr("malformed"));
+  }
 }
 
 TEST(IoStruct, TruncationsAndTrailingBytesAreErrors) {

@@ -351,22 +351,13 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
     const char* message;
   };
   const Case cases[] = {
-      {[](ServerArgs& a) { a.tp_size = 2; },
-       "--tp-size 2: tensor parallelism is not implemented yet"},
       {[](ServerArgs& a) { a.dp_size = 2; },
        "--dp-size 2: data parallelism is not implemented yet"},
       {[](ServerArgs& a) { a.enable_dp_attention = true; },
        "--enable-dp-attention: DP attention is not implemented yet"},
-      {[](ServerArgs& a) {
-         a.nnodes = 2;
-         a.node_0_address = "h";
-       },
-       "--nnodes 2: serving over several machines is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "float32"; },
        "--dtype float32: converting weights is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "bfloat16"; }, "--dtype bfloat16"},
-      {[](ServerArgs& a) { a.enable_metrics = true; },
-       "--enable-metrics: the /metrics endpoint is not implemented yet"},
   };
   for (const Case& c : cases) {
     ServerArgs sa = valid();
@@ -374,6 +365,27 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
     EXPECT_THAT(implemented_error(sa), HasSubstr(c.message));
   }
   EXPECT_EQ(implemented_error(valid()), "");
+}
+
+TEST(ServerArgs, TensorParallelAndMultiNodeAreImplemented) {
+  ServerArgs sa = parse({"--model-path", "/m", "--tp-size", "4", "--nnodes", "2", "--node-rank",
+                         "1", "--node-0-address", "10.0.0.1", "--dist-timeout", "7.5"});
+  EXPECT_EQ(validate_error(sa), "");
+  EXPECT_EQ(implemented_error(sa), "");
+  EXPECT_EQ(sa.dist_timeout, 7.5);
+  EXPECT_EQ(sa.to_json()["dist_timeout"].get<double>(), 7.5);
+  sa.dist_timeout = 0;
+  EXPECT_THAT(validate_error(sa), HasSubstr("--dist-timeout must be > 0 seconds, got 0"));
+}
+
+TEST(ServerArgs, EnableMetricsParsesAndStartsUp) {
+  // /metrics is served now (tests/http checks its content): the flag is no startup error.
+  ServerArgs sa = parse({"--model-path", "/m", "--enable-metrics"});
+  EXPECT_TRUE(sa.enable_metrics);
+  EXPECT_TRUE(sa.to_json()["enable_metrics"].get<bool>());
+  EXPECT_NO_THROW(sa.validate());
+  EXPECT_EQ(implemented_error(sa), "");
+  EXPECT_FALSE(parse({"--model-path", "/m"}).enable_metrics);
 }
 
 TEST(ServerArgs, ToJsonHasEveryFieldAndMasksTheKey) {

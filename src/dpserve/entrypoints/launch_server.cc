@@ -13,13 +13,17 @@
 
 #include "dpserve/common/errors.h"
 #include "dpserve/common/logging.h"
+#include "dpserve/entrypoints/rank_launcher.h"
 #include "dpserve/http/http_server.h"
 #include "dpserve/http/native_api.h"
+#include "dpserve/http/openai_api.h"
 #include "dpserve/http/serving_context.h"
 #include "dpserve/ipc/process.h"
 #include "dpserve/ipc/zmq_socket.h"
 #include "dpserve/managers/scheduler_process.h"
 #include "dpserve/managers/tokenizer_manager.h"
+#include "dpserve/openai/api_error.h"
+#include "dpserve/openai/metrics.h"
 #include "dpserve/tokenizer/tokenizer.h"
 
 namespace dpserve {
@@ -29,14 +33,17 @@ namespace {
 // Signal state: before the server is up a signal removes the runtime directory, kills the child
 // and ends the process; afterwards it wakes the main thread through a pipe.
 std::atomic<bool> g_serving{false};
-std::atomic<pid_t> g_child_pid{-1};
+constexpr int kMaxLocalRanks = 64;
+std::atomic<pid_t> g_child_pids[kMaxLocalRanks];  // this node's scheduler ranks; 0 = none
 int g_signal_pipe[2] = {-1, -1};
 
 void on_signal(int sig) {
   if (!g_serving.load()) {
     cleanup_runtime_dirs();
-    const pid_t child = g_child_pid.load();
-    if (child > 0) ::kill(child, SIGKILL);
+    for (auto& p : g_child_pids) {
+      const pid_t child = p.load();
+      if (child > 0) ::kill(child, SIGKILL);
+    }
     std::signal(sig, SIG_DFL);
     std::raise(sig);
     return;
@@ -58,25 +65,76 @@ void install_signal_handlers() {
   install_cleanup_signal_handlers();  // SIGHUP / SIGQUIT: remove the runtime dir and die
 }
 
+void remember_pids(const std::vector<pid_t>& pids) {
+  DPSERVE_CHECK(pids.size() <= kMaxLocalRanks, "at most {} scheduler ranks per node",
+                kMaxLocalRanks);
+  for (size_t i = 0; i < pids.size(); ++i) g_child_pids[i].store(pids[i]);
+}
+
 // What ended the serving loop.
 struct StopCause {
-  int signal = 0;                   // the signal received, or 0
-  std::optional<ExitStatus> child;  // set when the scheduler died
+  int signal = 0;                // the signal received, or 0
+  std::optional<RankExit> rank;  // set when a scheduler rank died
 };
 
-// Waits for a signal or for the scheduler's exit.
-StopCause wait_for_stop(ChildProcess& child) {
+// Waits for a signal or for a scheduler rank's exit.
+StopCause wait_for_stop(RankLauncher& ranks) {
   for (;;) {
-    pollfd fds[2] = {{g_signal_pipe[0], POLLIN, 0}, {child.exit_fd(), POLLIN, 0}};
-    const int nfds = child.exit_fd() >= 0 ? 2 : 1;
-    const int rc = ::poll(fds, nfds, child.exit_fd() >= 0 ? -1 : 200);
+    std::vector<pollfd> fds = {{g_signal_pipe[0], POLLIN, 0}};
+    for (int fd : ranks.exit_fds()) fds.push_back({fd, POLLIN, 0});
+    const int rc = ::poll(fds.data(), fds.size(), 200);
     if (rc < 0 && errno != EINTR) throw_error("poll: {}", std::strerror(errno));
     if (rc > 0 && (fds[0].revents & POLLIN) != 0) {
       unsigned char b = 0;
       if (::read(g_signal_pipe[0], &b, 1) == 1) return {static_cast<int>(b), std::nullopt};
     }
-    if (auto status = child.poll_exit()) return {0, status};
+    if (auto exit = ranks.poll_exit()) return {0, std::move(exit)};
   }
+}
+
+// A node other than node 0: runs its scheduler ranks and a /health endpoint (200 while every
+// local rank runs) until a rank exits (node 0 stopping them, or a failure) or a signal arrives.
+int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serve_args) {
+  RuntimeDir runtime_dir("dpserve");
+  RankLauncher ranks(args, serve_args, runtime_dir.path());
+  remember_pids(ranks.pids());
+  ranks.wait_ready(std::chrono::hours(2));
+  HttpServerOptions http_options;
+  http_options.host = args.host;
+  http_options.port = args.port;
+  HttpServer http(http_options);
+  std::atomic<bool> healthy{true};
+  http.get("/health",
+           [&healthy](const httplib::Request&, httplib::Response& res, const nlohmann::json&) {
+             if (!healthy.load()) {
+               throw ApiError(503, "a scheduler rank of this node exited", "service_unavailable");
+             }
+             res.status = 200;
+           });
+  http.bind();
+  http.start();
+  g_serving.store(true);
+  spdlog::info("node {} of {}: {} scheduler ranks ready; /health on http://{}:{}", args.node_rank,
+               args.nnodes, ranks.pids().size(), args.host, args.port);
+  const StopCause cause = wait_for_stop(ranks);
+  healthy.store(false);
+  int code = 0;
+  if (cause.rank) {
+    // Node 0 stops the other nodes through the coordinator: their ranks exit 0.
+    code = cause.rank->status == ExitStatus{0, 0} ? 0 : 1;
+    if (code == 0) {
+      spdlog::info("{} exited: node 0 shut down; stopping this node", cause.rank->name);
+    } else {
+      spdlog::critical("{} died: {}; this node stops", cause.rank->name,
+                       cause.rank->status.describe());
+    }
+  } else {
+    spdlog::info("received {}: stopping this node", strsignal(cause.signal));
+  }
+  ranks.terminate_all(std::chrono::seconds(5));
+  http.stop();
+  runtime_dir.remove();
+  return code;
 }
 
 // Waits until every open response finished (or `timeout` passed).
@@ -94,6 +152,7 @@ void drain(TokenizerManager& tm, std::chrono::milliseconds timeout) {
 
 int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_args) {
   install_signal_handlers();
+  if (args.node_rank > 0) return run_worker_node(args, serve_args);
 
   // Sockets first: the child connects to them as soon as it has loaded the model.
   RuntimeDir runtime_dir("dpserve");
@@ -102,14 +161,11 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
   MessageSocket from_scheduler(zmq::socket_type::pull);
   from_scheduler.bind(runtime_dir.endpoint(kSchedulerOutputSocket));
 
-  // Spawned from the main thread, which lives as long as the child (PDEATHSIG follows threads).
-  ChildProcess child({.role = kSchedulerRole,
-                      .args = scheduler_child_args(runtime_dir.path(), serve_args),
-                      .name = "scheduler"});
-  g_child_pid.store(child.pid());
-  spdlog::info("scheduler process started (pid {}), runtime dir {}", child.pid(),
-               runtime_dir.path());
-  const nlohmann::json ready = child.wait_ready(std::chrono::hours(1));
+  // Spawned from the main thread, which lives as long as the children (PDEATHSIG follows threads).
+  RankLauncher ranks(args, serve_args, runtime_dir.path());
+  remember_pids(ranks.pids());
+  spdlog::info("runtime dir {}", runtime_dir.path());
+  const nlohmann::json ready = ranks.wait_ready(std::chrono::hours(2));
   const SchedulerInfo info = SchedulerInfo::from_json(ready);
 
   std::shared_ptr<const Tokenizer> tokenizer(load_tokenizer(args.effective_tokenizer_path()));
@@ -122,11 +178,21 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
   http_options.api_key = args.api_key;
   http_options.log_requests = args.log_requests;
   HttpServer http(http_options);
-  ServingContext ctx{args, tm, runtime_dir.path(), static_cast<int64_t>(child.pid())};
+  ServingContext ctx{args, tm, runtime_dir.path(), static_cast<int64_t>(ranks.pids().front())};
   register_native_routes(http, ctx);
-  // API families that plug in next to the native one:
-  //   register_openai_routes(http, ctx);   // /v1/models, /v1/completions, /v1/chat/completions
-  //   if (args.enable_metrics) register_metrics_route(http, ctx);   // /metrics
+  register_openai_routes(http, ctx);  // /v1/models, /v1/completions, /v1/chat/completions
+  // /metrics: every request (native or OpenAI) feeds the series through the TokenizerManager.
+  std::unique_ptr<MetricsRegistry> metrics_registry;
+  std::unique_ptr<ServingMetrics> metrics;
+  if (args.enable_metrics) {
+    metrics_registry = std::make_unique<MetricsRegistry>();
+    metrics =
+        std::make_unique<ServingMetrics>(*metrics_registry, args.effective_served_model_name());
+    ctx.metrics_registry = metrics_registry.get();
+    ctx.metrics = metrics.get();
+    tm.set_metrics(metrics.get());
+    register_metrics_route(http, ctx);
+  }
 
   http.bind();  // the port opens only now that the scheduler is ready
   http.start();
@@ -134,14 +200,16 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
   spdlog::info("The server is fired up and ready to roll! Listening on http://{}:{}", args.host,
                args.port);
 
-  const StopCause cause = wait_for_stop(child);
-  if (cause.child) {
-    spdlog::critical("the scheduler process (pid {}) died: {}; the server exits", child.pid(),
-                     cause.child->describe());
-    tm.set_scheduler_dead(fmt::format("the scheduler process died ({})", cause.child->describe()));
+  const StopCause cause = wait_for_stop(ranks);
+  if (cause.rank) {
+    const std::string what =
+        fmt::format("{} died ({})", cause.rank->name, cause.rank->status.describe());
+    spdlog::critical("{}; the server exits", what);
+    tm.set_scheduler_dead(what);
     drain(tm, std::chrono::seconds(2));
     http.stop();
     tm.shutdown();
+    ranks.terminate_all(std::chrono::seconds(2));
     runtime_dir.remove();
     return 1;
   }
@@ -149,9 +217,9 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
   spdlog::info("received {}: shutting down gracefully ({} requests in flight)",
                strsignal(cause.signal), tm.num_live_requests());
   tm.stop_accepting();
-  if (auto st = child.poll_exit()) {
+  if (auto exit = ranks.poll_exit()) {
     // Killed together with us (e.g. SIGTERM to the whole process group).
-    spdlog::warn("the scheduler process already exited ({})", st->describe());
+    spdlog::warn("{} already exited ({})", exit->name, exit->status.describe());
     tm.set_scheduler_dead("the server is shutting down");
   } else {
     tm.abort_all();
@@ -159,8 +227,9 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
   drain(tm, std::chrono::seconds(5));
   http.stop();
   tm.shutdown();
-  const ExitStatus st = child.terminate(std::chrono::seconds(5));
-  spdlog::info("scheduler process stopped ({})", st.describe());
+  if (const auto st = ranks.terminate_all(std::chrono::seconds(5))) {
+    spdlog::info("scheduler ranks stopped ({})", st->describe());
+  }
   runtime_dir.remove();
   spdlog::info("server stopped");
   return 0;

@@ -15,6 +15,7 @@
 #include "dpserve/entrypoints/generate.h"
 #include "dpserve/entrypoints/launch_server.h"
 #include "dpserve/ipc/process.h"
+#include "dpserve/managers/data_parallel_controller.h"
 #include "dpserve/managers/scheduler_process.h"
 #include "dpserve/server/server_args.h"
 
@@ -31,6 +32,9 @@ std::optional<int> run_child_role(int argc, char** argv) {
   }
   if (!child) return std::nullopt;
   if (child->role() == dpserve::kSchedulerRole) return dpserve::run_scheduler_process(*child);
+  if (child->role() == dpserve::kDpControllerRole) {
+    return dpserve::run_data_parallel_controller_process(*child);
+  }
   child->signal_error("unknown internal role '" + child->role() + "'");
   return 1;
 }

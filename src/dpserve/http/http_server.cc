@@ -2,6 +2,9 @@
 
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
@@ -106,9 +109,10 @@ HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options))
   server_.set_tcp_nodelay(true);
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
   // share a busy port silently instead of failing to start.
-  server_.set_socket_options([](socket_t sock) {
+  server_.set_socket_options([this](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof yes);
+    listen_fd_ = sock;  // the last socket configured is the one that gets bound
   });
 
   server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
@@ -195,10 +199,20 @@ void HttpServer::put(const std::string& path, RawHandler handler) {
   server_.Put(path, wrap(std::move(handler), /*parse_body=*/true));
 }
 
+void HttpServer::post_unparsed(const std::string& path, RawHandler handler) {
+  server_.Post(path, wrap(std::move(handler), /*parse_body=*/false));
+}
+
 void HttpServer::bind() {
   if (!server_.bind_to_port(options_.host, options_.port)) {
     throw_error("cannot listen on {}:{} (--host / --port): the address is in use or invalid",
                 options_.host, options_.port);
+  }
+  // Debian's cpp-httplib listens with a backlog of 5: a burst of new connections then overflows
+  // the queue and clients stall for a SYN retransmit (about 1 s). Listening again on the bound
+  // socket raises the backlog (Linux allows it on a listening socket).
+  if (listen_fd_ >= 0 && ::listen(listen_fd_, SOMAXCONN) != 0) {
+    spdlog::warn("http: cannot raise the listen backlog: {}", std::strerror(errno));
   }
 }
 

@@ -7,8 +7,9 @@
 // and 5xx including unknown routes (404), JSON body parsing (400 for malformed JSON or invalid
 // UTF-8), request logging (--log-requests) and Server-Sent Events with disconnect detection.
 //
-// API families register their routes through the helpers here: see http/native_api.h (SGLang's
-// /generate, /health, ...); the OpenAI family (/v1/...) and /metrics plug in the same way.
+// API families register their routes through the helpers here: http/native_api.h (SGLang's
+// /generate, /health, ...) and http/openai_api.h (/v1/models, /v1/completions,
+// /v1/chat/completions and /metrics).
 
 #include <cstddef>
 #include <functional>
@@ -73,6 +74,8 @@ class HttpServer {
   void post(const std::string& path, RawHandler handler);
   // PUT route with a raw handler and a JSON-parsed body.
   void put(const std::string& path, RawHandler handler);
+  // POST route with a raw handler that parses req.body itself (the body argument is null).
+  void post_unparsed(const std::string& path, RawHandler handler);
   // The underlying server, for anything the helpers above do not cover.
   httplib::Server& raw() { return server_; }
 
@@ -91,6 +94,7 @@ class HttpServer {
   HttpServerOptions options_;
   httplib::Server server_;
   std::thread thread_;
+  int listen_fd_ = -1;  // the bound listening socket (to raise its backlog)
 };
 
 // Parses a request body as JSON; an empty body gives null. ApiError 400 on malformed JSON

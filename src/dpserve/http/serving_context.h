@@ -7,15 +7,18 @@
 #include <nlohmann/json.hpp>
 
 #include "dpserve/managers/tokenizer_manager.h"
+#include "dpserve/openai/metrics.h"
 #include "dpserve/server/server_args.h"
 
 namespace dpserve {
 
 struct ServingContext {
-  const ServerArgs& args;               // the validated flags
-  TokenizerManager& tokenizer_manager;  // generation and control requests
-  std::string runtime_dir;              // the private directory of the ipc sockets
-  int64_t scheduler_pid = 0;            // the scheduler child's pid
+  const ServerArgs& args;                       // the validated flags
+  TokenizerManager& tokenizer_manager;          // generation and control requests
+  std::string runtime_dir;                      // the private directory of the ipc sockets
+  int64_t scheduler_pid = 0;                    // the scheduler child's pid
+  MetricsRegistry* metrics_registry = nullptr;  // --enable-metrics: what /metrics renders
+  ServingMetrics* metrics = nullptr;            // --enable-metrics: the series requests feed
 };
 
 }  // namespace dpserve

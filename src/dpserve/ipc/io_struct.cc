@@ -25,6 +25,7 @@ void fields(TokenizedGenerateReq& m, V&& v) {
   v("return_logprob", m.return_logprob);
   v("top_logprobs_num", m.top_logprobs_num);
   v("logprob_start_len", m.logprob_start_len);
+  v("data_parallel_rank", m.data_parallel_rank);
 }
 
 template <typename V>
@@ -66,6 +67,7 @@ template <typename V>
 void fields(FlushCacheResp& m, V&& v) {
   v("success", m.success);
   v("message", m.message);
+  v("dp_rank", m.dp_rank);
 }
 
 template <typename V>
@@ -74,11 +76,23 @@ void fields(GetServerInfoReq&, V&&) {}
 template <typename V>
 void fields(GetServerInfoResp& m, V&& v) {
   v("info_json", m.info_json);
+  v("dp_rank", m.dp_rank);
+}
+
+template <typename V>
+void fields(LoadReport& m, V&& v) {
+  v("dp_rank", m.dp_rank);
+  v("num_running_reqs", m.num_running_reqs);
+  v("num_waiting_reqs", m.num_waiting_reqs);
+  v("num_used_tokens", m.num_used_tokens);
+  v("num_queued_tokens", m.num_queued_tokens);
+  v("max_total_tokens", m.max_total_tokens);
+  v("timestamp", m.timestamp);
 }
 
 constexpr std::string_view kNames[] = {"TokenizedGenerateReq", "AbortReq",       "BatchTokenIdOut",
                                        "FlushCacheReq",        "FlushCacheResp", "GetServerInfoReq",
-                                       "GetServerInfoResp"};
+                                       "GetServerInfoResp",    "LoadReport"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
 // A struct with a field list.
@@ -105,6 +119,7 @@ void pack_value(Packer& pk, const std::string& s) {
 }
 void pack_value(Packer& pk, bool b) { b ? pk.pack_true() : pk.pack_false(); }
 void pack_value(Packer& pk, float f) { pk.pack_float(f); }
+void pack_value(Packer& pk, double d) { pk.pack_double(d); }
 template <std::integral T>
 requires(!std::same_as<T, bool>) void pack_value(Packer& pk, T v) {
   if constexpr (std::is_signed_v<T>) {

@@ -4,7 +4,10 @@
 // message types.
 //
 // Flow: TokenizerManager --TokenizedGenerateReq / AbortReq / control requests--> scheduler;
-// scheduler --BatchTokenIdOut / control responses--> main process.
+// scheduler --BatchTokenIdOut / control responses--> main process. With --dp-size > 1 the
+// DataParallelController sits in front of the DP group leaders: requests go through it, leaders
+// send LoadReport and their control responses (FlushCacheResp / GetServerInfoResp with dp_rank
+// set) to it, and BatchTokenIdOut straight to the main process.
 //
 // Wire format: a msgpack array [kWireVersion, tag, payload] where tag is the message's index in
 // `Message` and payload is an array of the struct's fields in declaration order (nested structs
@@ -33,6 +36,7 @@ struct TokenizedGenerateReq {
   bool return_logprob = false;       // return the logprob of every output token
   int32_t top_logprobs_num = 0;      // also return this many most likely tokens per position
   int32_t logprob_start_len = -1;    // first prompt position with logprobs; -1 = none
+  int32_t data_parallel_rank = -1;   // DP group to run in (external routing); -1 = controller picks
 };
 
 // Aborts a request (client disconnect, timeout), or every live request.
@@ -74,6 +78,7 @@ struct FlushCacheReq {};
 struct FlushCacheResp {
   bool success = false;  // false when requests were running
   std::string message;   // why it failed, for the HTTP answer
+  int32_t dp_rank = -1;  // the DP group that answered (leaders under a DataParallelController)
 };
 
 // Asks the scheduler for its runtime facts (KV capacity, limits, counters).
@@ -82,11 +87,25 @@ struct GetServerInfoReq {};
 // The scheduler's answer to GetServerInfoReq.
 struct GetServerInfoResp {
   std::string info_json;  // a JSON object merged into /get_server_info
+  int32_t dp_rank = -1;   // the DP group that answered (leaders under a DataParallelController)
+};
+
+// A DP group leader's load, sent to the DataParallelController several times a second (see
+// LoadReporter in managers/load_reporter.h). The controller's load view is the last report of
+// each group plus what it dispatched to that group since.
+struct LoadReport {
+  int32_t dp_rank = 0;            // the reporting DP group
+  int64_t num_running_reqs = 0;   // requests in the running batch
+  int64_t num_waiting_reqs = 0;   // requests queued for prefill
+  int64_t num_used_tokens = 0;    // KV tokens in use (running requests and locked prefixes)
+  int64_t num_queued_tokens = 0;  // prompt tokens of the waiting requests
+  int64_t max_total_tokens = 0;   // the group's usable KV pool size in tokens
+  double timestamp = 0.0;         // the leader's wall clock at sending, seconds since the epoch
 };
 
 // Every message that crosses a socket; the index is the wire tag (append only).
 using Message = std::variant<TokenizedGenerateReq, AbortReq, BatchTokenIdOut, FlushCacheReq,
-                             FlushCacheResp, GetServerInfoReq, GetServerInfoResp>;
+                             FlushCacheResp, GetServerInfoReq, GetServerInfoResp, LoadReport>;
 
 // Serializes a message into its tagged envelope.
 std::string encode(const Message& msg);

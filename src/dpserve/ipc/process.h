@@ -115,6 +115,9 @@ class ChildProcess {
 
   // The child's pid.
   pid_t pid() const { return pid_; }
+  // The readiness pipe (polls readable when the child reported or died), or -1 once read; for
+  // launchers that wait on several children at once.
+  int ready_fd() const { return ready_fd_; }
   // The name used in logs and errors.
   const std::string& name() const { return name_; }
   // A file descriptor that polls readable when the child exits (a pidfd), or -1 if the kernel

@@ -28,13 +28,16 @@ SchedulerConfig validated(SchedulerConfig c) {
   return c;
 }
 
-KVPoolSize size_pool(const SchedulerConfig& c, const ModelConfig& m) {
+KVPoolSize size_pool(const SchedulerConfig& c, const LlamaForCausalLM& model) {
+  const ModelConfig& m = model.config();
   KVPoolBudget b;
   b.max_total_tokens = c.max_total_tokens;
   b.kv_cache_memory = c.kv_cache_memory;
   b.mem_fraction = c.mem_fraction;
   b.page_size = c.page_size;
-  b.bytes_per_token = kv_bytes_per_token(m.num_hidden_layers, m.num_key_value_heads, m.head_dim);
+  // Under tensor parallelism a rank stores only its own KV heads.
+  b.bytes_per_token =
+      kv_bytes_per_token(m.num_hidden_layers, model.num_local_kv_heads(), m.head_dim);
   return size_kv_pool(b);
 }
 
@@ -84,7 +87,7 @@ Scheduler::Scheduler(SchedulerConfig config, std::shared_ptr<LlamaForCausalLM> m
       context_len_(model_->config().max_position_embeddings),
       extra_eos_ids_(all_eos_ids(*tokenizer_, model_->config())),
       pool_(config_.num_threads > 0 ? config_.num_threads : default_num_threads()),
-      pool_size_(size_pool(config_, model_->config())),
+      pool_size_(size_pool(config_, *model_)),
       kv_(model_->make_kv_pool(pool_size_.pool_slots)),
       allocator_(pool_size_.num_pages, pool_size_.page_size),
       tree_(allocator_, config_.disable_radix_cache),
@@ -458,9 +461,12 @@ bool Scheduler::flush_cache() {
   return true;
 }
 
+KVPoolSize Scheduler::plan_kv_pool(const SchedulerConfig& config, const LlamaForCausalLM& model) {
+  return size_pool(validated(config), model);
+}
+
 std::shared_ptr<LlamaForCausalLM> make_model(const std::string& model_dir,
-                                             const SchedulerConfig& config) {
-  ModelOptions options;
+                                             const SchedulerConfig& config, ModelOptions options) {
   options.attention_backend = config.attention_backend;
   return std::shared_ptr<LlamaForCausalLM>(load_model(model_dir, options));
 }

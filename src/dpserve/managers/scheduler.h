@@ -145,6 +145,9 @@ class Scheduler {
   int64_t num_waiting() const;
   // Sequences in the running (decode) batch.
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  // The KV pool `config` gives `model` on this rank (what the constructor will allocate); TP ranks
+  // compare it to agree on one size. Throws dpserve::Error naming a bad flag.
+  static KVPoolSize plan_kv_pool(const SchedulerConfig& config, const LlamaForCausalLM& model);
   // The KV pool size that was chosen, and why.
   const KVPoolSize& kv_pool_size() const { return pool_size_; }
   // Current reservation ratio for running requests' future tokens.
@@ -243,8 +246,10 @@ class Scheduler {
   std::thread watchdog_thread_;
 };
 
-// Loads the model of `model_dir` with the config's attention backend.
+// Loads the model of `model_dir` with the config's attention backend (and `options`' tensor
+// parallelism, if any).
 std::shared_ptr<LlamaForCausalLM> make_model(const std::string& model_dir,
-                                             const SchedulerConfig& config);
+                                             const SchedulerConfig& config,
+                                             ModelOptions options = {});
 
 }  // namespace dpserve

@@ -2,6 +2,9 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
+#include <random>
+#include <thread>
 #include <unordered_map>
 
 #include <spdlog/spdlog.h>
@@ -10,6 +13,10 @@
 
 #include "dpserve/common/errors.h"
 #include "dpserve/common/logging.h"
+#include "dpserve/distributed/coordinator_client.h"
+#include "dpserve/distributed/coordinator_store.h"
+#include "dpserve/distributed/parallel_state.h"
+#include "dpserve/distributed/process_group.h"
 #include "dpserve/ipc/zmq_socket.h"
 #include "dpserve/tokenizer/tokenizer.h"
 
@@ -39,22 +46,52 @@ TokenIdOut to_wire(RequestOutput&& o) {
   return t;
 }
 
-// The loop of one scheduler process: one thread owns the Scheduler and both sockets.
+// Inputs of one step as one byte string: each encoded message behind its 4-byte length.
+std::string pack_inputs(const std::vector<Message>& msgs) {
+  std::string out;
+  for (const Message& m : msgs) {
+    const std::string e = encode(m);
+    const auto n = static_cast<uint32_t>(e.size());
+    out.append(reinterpret_cast<const char*>(&n), sizeof(n));
+    out.append(e);
+  }
+  return out;
+}
+
+// The inverse of pack_inputs. The bytes come from our own leader, so a malformed frame is a bug.
+std::vector<Message> unpack_inputs(std::string_view bytes) {
+  std::vector<Message> msgs;
+  while (!bytes.empty()) {
+    uint32_t n = 0;
+    DPSERVE_CHECK(bytes.size() >= sizeof(n), "step inputs: truncated frame length");
+    std::memcpy(&n, bytes.data(), sizeof(n));
+    bytes.remove_prefix(sizeof(n));
+    DPSERVE_CHECK(bytes.size() >= n, "step inputs: truncated frame");
+    msgs.push_back(decode(bytes.substr(0, n)));
+    bytes.remove_prefix(n);
+  }
+  return msgs;
+}
+
+// The loop of one scheduler rank. The leader (tp rank 0) owns the sockets: it reads the step's
+// inputs and, with more ranks, broadcasts them over the TP group (SGLang's broadcast_pyobj), so
+// every rank applies the same inputs in the same order and runs the same batch; only the leader
+// sends outputs and answers. A follower gets its inputs from that broadcast alone.
 class SchedulerProcess {
  public:
-  SchedulerProcess(Scheduler& scheduler, MessageSocket& in, MessageSocket& out)
-      : scheduler_(scheduler), in_(in), out_(out) {}
+  // `in`/`out` are null on followers; `tp_group` is null (or of size 1) with one rank.
+  SchedulerProcess(Scheduler& scheduler, MessageSocket* in, MessageSocket* out,
+                   ProcessGroup* tp_group)
+      : scheduler_(scheduler), in_(in), out_(out), tp_group_(tp_group) {
+    DPSERVE_CHECK(is_leader() == (in_ != nullptr && out_ != nullptr),
+                  "only the leader rank owns the scheduler sockets");
+  }
 
   [[noreturn]] void run() {
     bool was_busy = false;
     for (;;) {
       const bool busy = scheduler_.has_work();
-      // Block while idle; drain without waiting while there is work.
-      std::optional<Message> msg = recv(busy ? Millis(0) : Millis(1000));
-      while (msg) {
-        handle(std::move(*msg));
-        msg = recv(Millis(0));
-      }
+      for (Message& msg : next_inputs(busy)) handle(std::move(msg));
       if (!out_batch_.outputs.empty()) flush_outputs();
       if (scheduler_.has_work()) {
         was_busy = true;
@@ -71,13 +108,40 @@ class SchedulerProcess {
   }
 
  private:
+  bool is_leader() const { return tp_group_ == nullptr || tp_group_->rank() == 0; }
+  bool has_followers() const { return tp_group_ != nullptr && tp_group_->size() > 1; }
+
+  // This step's inputs: read by the leader (blocking a while when idle, so an idle server
+  // sleeps; with followers the wait is short because they wait in the broadcast), then shared.
+  std::vector<Message> next_inputs(bool busy) {
+    std::vector<Message> msgs;
+    if (is_leader()) {
+      const Millis idle_wait = has_followers() ? Millis(100) : Millis(1000);
+      std::optional<Message> msg = recv(busy ? Millis(0) : idle_wait);
+      while (msg) {
+        msgs.push_back(std::move(*msg));
+        msg = recv(Millis(0));
+      }
+    }
+    if (!has_followers()) return msgs;
+    std::string packed = is_leader() ? pack_inputs(msgs) : std::string();
+    tp_group_->broadcast_string(packed, 0);
+    if (!is_leader()) msgs = unpack_inputs(packed);
+    return msgs;
+  }
+
   std::optional<Message> recv(Millis timeout) {
     try {
-      return in_.recv(timeout);
+      return in_->recv(timeout);
     } catch (const Error& e) {
       spdlog::error("scheduler: dropping a malformed message: {}", e.what());
       return std::nullopt;
     }
+  }
+
+  // Sends a reply to the main process (leader only).
+  void reply(const Message& msg) {
+    if (out_ != nullptr) out_->send(msg);
   }
 
   void handle(Message&& msg) {
@@ -100,9 +164,9 @@ class SchedulerProcess {
         resp.message = fmt::format("Cache not flushed: {} requests are running or waiting",
                                    scheduler_.num_waiting() + scheduler_.num_running());
       }
-      out_.send(resp);
+      reply(resp);
     } else if (std::holds_alternative<GetServerInfoReq>(msg)) {
-      out_.send(GetServerInfoResp{server_info().dump()});
+      if (is_leader()) reply(GetServerInfoResp{server_info().dump()});
     } else {
       spdlog::error("scheduler: unexpected {} message", message_name(msg));
     }
@@ -146,7 +210,7 @@ class SchedulerProcess {
 
   void flush_outputs() {
     if (out_batch_.outputs.empty()) return;
-    out_.send(out_batch_);
+    if (out_ != nullptr) out_->send(out_batch_);
     out_batch_.outputs.clear();
   }
 
@@ -189,8 +253,9 @@ class SchedulerProcess {
   }
 
   Scheduler& scheduler_;
-  MessageSocket& in_;
-  MessageSocket& out_;
+  MessageSocket* in_;       // leader only
+  MessageSocket* out_;      // leader only
+  ProcessGroup* tp_group_;  // null with one rank
   BatchTokenIdOut out_batch_;
   std::unordered_map<std::string, int64_t> live_;  // rid -> unfinished sequences
 };
@@ -214,6 +279,11 @@ SchedulerConfig scheduler_config_from_server_args(const ServerArgs& args) {
   return c;
 }
 
+int default_rank_threads(int local_ranks) {
+  const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cpus / std::max(1, local_ranks));
+}
+
 std::vector<std::string> scheduler_child_args(const std::string& runtime_dir,
                                               const std::vector<std::string>& serve_args) {
   std::vector<std::string> a = {kRuntimeDirFlag, runtime_dir};
@@ -221,27 +291,135 @@ std::vector<std::string> scheduler_child_args(const std::string& runtime_dir,
   return a;
 }
 
+namespace {
+
+// Flags every rank must share: scheduling decisions have to be identical on every rank, so a
+// rank started with a different model or different budgets is refused at registration.
+Fingerprint rank_fingerprint(const ServerArgs& a) {
+  auto opt = [](const auto& v) { return v ? std::to_string(*v) : std::string("none"); };
+  return {{"model_path", a.model_path},
+          {"tokenizer_path", a.effective_tokenizer_path()},
+          {"tp_size", std::to_string(a.tp_size)},
+          {"dp_size", std::to_string(a.dp_size)},
+          {"enable_dp_attention", a.enable_dp_attention ? "true" : "false"},
+          {"nnodes", std::to_string(a.nnodes)},
+          {"dtype", a.dtype},
+          {"context_length", std::to_string(a.context_length)},
+          {"page_size", std::to_string(a.page_size)},
+          {"chunked_prefill_size", std::to_string(a.chunked_prefill_size)},
+          {"max_prefill_tokens", std::to_string(a.max_prefill_tokens)},
+          {"max_running_requests", std::to_string(a.max_running_requests)},
+          {"max_total_tokens", std::to_string(a.max_total_tokens)},
+          {"schedule_policy", a.schedule_policy},
+          {"disable_radix_cache", a.disable_radix_cache ? "true" : "false"},
+          {"attention_backend", a.attention_backend},
+          {"random_seed", opt(a.random_seed)}};
+}
+
+// A multi-rank scheduler's link to the others: the coordinator connection and the groups.
+struct RankRuntime {
+  std::unique_ptr<CoordinatorClient> client;  // registration, heartbeats, rendezvous
+  ParallelState state;                        // world / tp / attn_tp / dp groups
+};
+
+// Registers with the coordinator and builds the process groups (every rank in the same order).
+RankRuntime join_ranks(const ServerArgs& args, const RankFlags& flags) {
+  RankRuntime rt;
+  const Millis timeout(static_cast<int64_t>(args.dist_timeout * 1000));
+  CoordinatorClientOptions copt;
+  copt.address = flags.coordinator;
+  copt.dist_timeout = timeout;
+  const int rank = flags.rank;
+  copt.on_shutdown = [rank](const std::string& reason) {
+    spdlog::info("[rank {}] the coordinator asked to shut down ({}); exiting", rank, reason);
+    std::_Exit(0);
+  };
+  copt.on_lost = [rank](const std::string& reason) {
+    spdlog::critical("[rank {}] lost the coordinator: {}; exiting", rank, reason);
+    std::_Exit(1);
+  };
+  rt.client = std::make_unique<CoordinatorClient>(std::move(copt));
+  RankInfo info;
+  info.node_rank = args.node_rank;
+  info.global_rank = rank;
+  info.host = flags.gloo_host;
+  info.pid = static_cast<int64_t>(getpid());
+  info.fingerprint = rank_fingerprint(args);
+  rt.client->register_rank(info);
+
+  ParallelConfig pc;
+  pc.world_rank = rank;
+  pc.world_size = args.tp_size;
+  pc.tp_size = args.tp_size;
+  pc.dp_size = args.dp_size;
+  pc.enable_dp_attention = args.enable_dp_attention;
+  GlooTransportOptions topt;
+  topt.hostname = flags.gloo_host;
+  topt.timeout = timeout;
+  auto store = std::make_shared<CoordinatorStore>(*rt.client, "gloo", timeout);
+  rt.state = initialize_parallel_state(pc, store, "dpserve", topt);
+  spdlog::info("[rank {}] process groups ready: {}", rank, rt.state.describe());
+  return rt;
+}
+
+// The same value on every rank: the minimum (KV pool sizes differ with each host's free memory).
+int64_t agree_min(ProcessGroup& group, int64_t value) {
+  const std::vector<int64_t> all = group.all_gather_i64(value);
+  return *std::min_element(all.begin(), all.end());
+}
+
+}  // namespace
+
 int run_scheduler_process(ChildContext& ctx) {
   // The parent handles Ctrl-C for the whole tree and stops this process with SIGTERM.
   std::signal(SIGINT, SIG_IGN);
   try {
     ServerArgs args;
     std::string runtime_dir;
+    RankFlags flags;
     CLI::App app{"dpserve scheduler process"};
     args.add_to(app);
     app.add_option(kRuntimeDirFlag, runtime_dir)->required();
+    app.add_option(kRankFlag, flags.rank);
+    app.add_option(kCoordinatorFlag, flags.coordinator);
+    app.add_option(kLocalRanksFlag, flags.local_ranks);
+    app.add_option(kGlooHostFlag, flags.gloo_host);
     std::vector<std::string> argv(ctx.args().rbegin(), ctx.args().rend());  // CLI11: reversed
     app.parse(argv);
     init_logging(args.log_level);
 
-    const SchedulerConfig config = scheduler_config_from_server_args(args);
+    SchedulerConfig config = scheduler_config_from_server_args(args);
+    if (config.num_threads == 0) config.num_threads = default_rank_threads(flags.local_ranks);
     config.validate();
-    std::shared_ptr<LlamaForCausalLM> model = make_model(args.model_path, config);
+    const bool multi_rank = args.tp_size > 1;
+    RankRuntime rt;
+    if (multi_rank) rt = join_ranks(args, flags);
+
+    ModelOptions mopt;
+    if (multi_rank) {
+      mopt.tp_rank = rt.state.tp_rank;
+      mopt.tp_size = rt.state.tp_size;
+      mopt.tp_group = rt.state.tp.get();
+      mopt.show_progress = flags.rank == 0;
+    }
+    std::shared_ptr<LlamaForCausalLM> model = make_model(args.model_path, config, mopt);
     std::shared_ptr<const Tokenizer> tokenizer(load_tokenizer(args.effective_tokenizer_path()));
     const int64_t model_ctx = model->config().max_position_embeddings;
     if (args.context_length > model_ctx) {
       throw_error("--context-length {} exceeds the model's max_position_embeddings {}",
                   args.context_length, model_ctx);
+    }
+    if (multi_rank) {
+      // Loading takes as long as it takes; the collectives below have the --dist-timeout.
+      rt.client->barrier("weights_loaded", args.tp_size, Millis(std::chrono::hours(2)));
+      // Every rank must make the same scheduling decisions: one KV pool size and one seed.
+      ProcessGroup& world = *rt.state.world;
+      const KVPoolSize planned = Scheduler::plan_kv_pool(config, *model);
+      config.max_total_tokens = agree_min(world, planned.usable_tokens);
+      config.kv_cache_memory = 0;
+      uint64_t seed = config.random_seed.value_or(std::random_device{}());
+      world.broadcast_bytes(&seed, sizeof(seed), 0);
+      config.random_seed = seed;
     }
     Scheduler scheduler(config, model, tokenizer);
     scheduler.set_watchdog_callback([](int64_t step, double seconds) {
@@ -252,25 +430,38 @@ int run_scheduler_process(ChildContext& ctx) {
       std::_Exit(3);
     });
 
-    MessageSocket in(zmq::socket_type::pull);
-    in.connect(ipc_endpoint(runtime_dir, kSchedulerInputSocket));
-    MessageSocket out(zmq::socket_type::push);
-    out.connect(ipc_endpoint(runtime_dir, kSchedulerOutputSocket));
+    const bool leader = flags.rank == 0;
+    std::optional<MessageSocket> in, out;
+    if (leader) {
+      in.emplace(zmq::socket_type::pull);
+      in->connect(ipc_endpoint(runtime_dir, kSchedulerInputSocket));
+      out.emplace(zmq::socket_type::push);
+      out->connect(ipc_endpoint(runtime_dir, kSchedulerOutputSocket));
+    }
 
     const KVPoolSize& pool = scheduler.kv_pool_size();
     const int64_t ctx_len = args.context_length > 0 ? args.context_length : model_ctx;
     spdlog::info(
-        "scheduler ready: KV pool {} tokens ({} pages of {}, {}), context length {}, max "
-        "running requests {}",
-        pool.usable_tokens, pool.num_pages, pool.page_size, pool.source, ctx_len,
-        scheduler.config().max_running_requests);
+        "[rank {}] scheduler ready: KV pool {} tokens ({} pages of {}, {}), context length {}, "
+        "max running requests {}, {} threads",
+        flags.rank, pool.usable_tokens, pool.num_pages, pool.page_size, pool.source, ctx_len,
+        scheduler.config().max_running_requests, scheduler.config().num_threads);
     ctx.signal_ready({{"max_total_tokens", pool.usable_tokens},
                       {"context_length", ctx_len},
                       {"page_size", pool.page_size},
                       {"vocab_size", model->config().vocab_size},
                       {"max_running_requests", scheduler.config().max_running_requests},
+                      {"rank", flags.rank},
                       {"pid", static_cast<int64_t>(getpid())}});
-    SchedulerProcess(scheduler, in, out).run();
+    try {
+      SchedulerProcess(scheduler, leader ? &*in : nullptr, leader ? &*out : nullptr,
+                       multi_rank ? rt.state.world.get() : nullptr)
+          .run();
+    } catch (const DistributedError& e) {
+      // A peer rank died or stopped answering: this rank cannot go on alone.
+      spdlog::critical("[rank {}] {}; exiting", flags.rank, e.what());
+      return 1;
+    }
   } catch (const CLI::ParseError& e) {
     ctx.signal_error(fmt::format("scheduler arguments: {}", e.what()));
     return 1;

@@ -26,6 +26,22 @@ inline constexpr const char* kSchedulerInputSocket = "scheduler_input";
 inline constexpr const char* kSchedulerOutputSocket = "scheduler_output";
 // The child's flag that carries the runtime directory.
 inline constexpr const char* kRuntimeDirFlag = "--runtime-dir";
+// Internal flags of a rank in a multi-rank (tensor-parallel) launch.
+inline constexpr const char* kRankFlag = "--dpserve-rank";                // global rank
+inline constexpr const char* kCoordinatorFlag = "--dpserve-coordinator";  // tcp://host:port
+inline constexpr const char* kLocalRanksFlag = "--dpserve-local-ranks";   // ranks on this node
+inline constexpr const char* kGlooHostFlag = "--dpserve-gloo-host";  // address peers reach us at
+
+// A rank's identity in a multi-rank launch (the internal flags above).
+struct RankFlags {
+  int rank = 0;                         // global rank == tp rank
+  std::string coordinator;              // the coordinator's address; empty with one rank
+  int local_ranks = 1;                  // scheduler ranks on this node (they share its cores)
+  std::string gloo_host = "127.0.0.1";  // this node's address for Gloo connections
+};
+
+// Compute threads per rank when --num-threads is 0: this machine's cores divided among its ranks.
+int default_rank_threads(int local_ranks);
 
 // The Scheduler's settings for `args` (ServerArgs -> SchedulerConfig).
 SchedulerConfig scheduler_config_from_server_args(const ServerArgs& args);

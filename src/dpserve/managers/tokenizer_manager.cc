@@ -91,6 +91,19 @@ void GenerateHandle::push(const TokenIdOut& out) {
       seq_finished_[static_cast<size_t>(seq)] = true;
       ++num_finished_;
     }
+    if (!recorders_.empty()) {
+      RequestMetricsRecorder& rec = recorders_[static_cast<size_t>(seq)];
+      if (out.finished) {
+        const bool aborted = out.finish_reason_json.find("\"abort\"") != std::string::npos;
+        rec.on_finish(out.prompt_tokens, out.completion_tokens, out.cached_tokens, aborted);
+      } else {
+        rec.on_output(out.completion_tokens);
+      }
+      TokenIdOut& last = last_out_[static_cast<size_t>(seq)];
+      last.prompt_tokens = out.prompt_tokens;
+      last.completion_tokens = out.completion_tokens;
+      last.cached_tokens = out.cached_tokens;
+    }
     queue_.push_back({seq, out});
   }
   cv_.notify_all();
@@ -287,6 +300,18 @@ std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateR
     reqs.push_back(std::move(r));
   }
   h->seq_finished_.assign(h->seq_prompt_.size(), false);
+  // Health probes are not client requests: they stay out of the metrics.
+  ServingMetrics* metrics = metrics_.load();
+  if (metrics != nullptr && h->rids_.front().rfind("HEALTH_CHECK_", 0) != 0) {
+    h->recorders_.reserve(h->seq_prompt_.size());
+    for (size_t s = 0; s < h->seq_prompt_.size(); ++s)
+      h->recorders_.emplace_back(*metrics, h->created_);
+    h->last_out_.resize(h->seq_prompt_.size());
+    for (size_t s = 0; s < h->seq_prompt_.size(); ++s) {
+      h->last_out_[s].prompt_tokens =
+          static_cast<int64_t>(h->input_ids_[static_cast<size_t>(h->seq_prompt_[s])].size());
+    }
+  }
 
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -337,6 +362,16 @@ void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
     }
   }
   open_handles_.fetch_sub(1);
+  {
+    // The receiver no longer routes outputs to this handle: its unfinished sequences end here.
+    std::lock_guard<std::mutex> lock(handle->mu_);
+    for (size_t s = 0; s < handle->recorders_.size(); ++s) {
+      if (handle->seq_finished_[s]) continue;
+      const TokenIdOut& last = handle->last_out_[s];
+      handle->recorders_[s].on_finish(last.prompt_tokens, last.completion_tokens,
+                                      last.cached_tokens, /*aborted=*/true);
+    }
+  }
   if (!abort_unfinished || dead_.load()) return;
   for (const std::string& rid : to_abort) {
     spdlog::info("[{}] abort: the client went away before it finished", rid);

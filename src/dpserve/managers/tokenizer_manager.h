@@ -33,6 +33,7 @@
 
 #include "dpserve/ipc/io_struct.h"
 #include "dpserve/ipc/zmq_socket.h"
+#include "dpserve/openai/metrics.h"
 #include "dpserve/sampling/sampling_params.h"
 #include "dpserve/tokenizer/tokenizer.h"
 
@@ -138,6 +139,10 @@ class GenerateHandle {
   std::vector<bool> seq_finished_;
   int64_t num_finished_ = 0;
   std::optional<std::string> error_;
+  // Per sequence, when the manager records metrics: timing and token counters.
+  std::vector<RequestMetricsRecorder> recorders_;
+  // Per sequence: the last output seen (for an abort's final metrics).
+  std::vector<TokenIdOut> last_out_;
 };
 
 class TokenizerManager {
@@ -173,6 +178,9 @@ class TokenizerManager {
   void set_scheduler_dead(const std::string& reason);
   // Stops the receiver thread (idempotent; also done by the destructor).
   void shutdown();
+  // Records every later request's metrics (TTFT, inter-token latency, e2e latency, token
+  // counters, aborts) into `metrics`, which must outlive the manager; nullptr stops recording.
+  void set_metrics(ServingMetrics* metrics) { metrics_.store(metrics); }
 
   // True while the scheduler is alive and requests are accepted.
   bool healthy() const { return !dead_.load() && accepting_.load(); }
@@ -220,6 +228,7 @@ class TokenizerManager {
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> last_receive_ns_{0};
   std::atomic<int64_t> open_handles_{0};
+  std::atomic<ServingMetrics*> metrics_{nullptr};
   std::thread receiver_;
 };
 

@@ -1,5 +1,6 @@
 #include "dpserve/model/model_config.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -29,6 +30,55 @@ bool get_bool(const nlohmann::json& j, const char* key, bool dflt, const std::st
   if (!j.contains(key) || j[key].is_null()) return dflt;
   if (!j[key].is_boolean()) throw_error("{}: field '{}' must be true or false", source, key);
   return j[key].get<bool>();
+}
+
+int64_t get_int(const nlohmann::json& j, const char* key, int64_t dflt, const std::string& source) {
+  if (!j.contains(key) || j[key].is_null()) return dflt;
+  if (!j[key].is_number_integer()) throw_error("{}: field '{}' must be an integer", source, key);
+  return j[key].get<int64_t>();
+}
+
+// The MoE fields of Mixtral / Qwen2-MoE / Qwen3-MoE configs (dense sizes already parsed into c).
+void parse_moe(const nlohmann::json& j, const std::string& source, ModelConfig& c) {
+  const bool mixtral = c.architecture == "MixtralForCausalLM";
+  const char* experts_key = mixtral ? "num_local_experts" : "num_experts";
+  c.num_experts = require_int(j, experts_key, source);
+  c.num_experts_per_tok = require_int(j, "num_experts_per_tok", source);
+  if (c.num_experts_per_tok > c.num_experts) {
+    throw_error("{}: num_experts_per_tok ({}) must not exceed {} ({})", source,
+                c.num_experts_per_tok, experts_key, c.num_experts);
+  }
+  if (mixtral) {
+    // Every Mixtral layer is sparse; an expert has intermediate_size features and the top-k
+    // weights are always renormalised.
+    c.moe_intermediate_size = c.intermediate_size;
+    c.norm_topk_prob = true;
+    return;
+  }
+  c.moe_intermediate_size = require_int(j, "moe_intermediate_size", source);
+  c.norm_topk_prob = get_bool(j, "norm_topk_prob", false, source);
+  c.decoder_sparse_step = get_int(j, "decoder_sparse_step", 1, source);
+  if (c.decoder_sparse_step < 1) {
+    throw_error("{}: field 'decoder_sparse_step' must be at least 1, got {}", source,
+                c.decoder_sparse_step);
+  }
+  if (j.contains("mlp_only_layers") && !j["mlp_only_layers"].is_null()) {
+    const auto& m = j["mlp_only_layers"];
+    if (!m.is_array())
+      throw_error("{}: field 'mlp_only_layers' must be a list of layer indices", source);
+    for (const auto& v : m) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 ||
+          v.get<int64_t>() >= c.num_hidden_layers) {
+        throw_error(
+            "{}: mlp_only_layers entry {} is not a layer index in [0, num_hidden_layers {})",
+            source, v.dump(), c.num_hidden_layers);
+      }
+      c.mlp_only_layers.push_back(v.get<int64_t>());
+    }
+  }
+  if (c.architecture == "Qwen2MoeForCausalLM") {
+    c.shared_expert_intermediate_size = require_int(j, "shared_expert_intermediate_size", source);
+  }
 }
 
 RopeScaling parse_rope_scaling(const nlohmann::json& j, const std::string& source) {
@@ -78,13 +128,18 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
     c.attention_bias = get_bool(j, "attention_bias", false, source);
   } else if (c.architecture == "Qwen2ForCausalLM") {
     c.attention_bias = true;
-  } else if (c.architecture == "Qwen3ForCausalLM") {
+  } else if (c.architecture == "Qwen3ForCausalLM" || c.architecture == "Qwen3MoeForCausalLM") {
     c.attention_bias = get_bool(j, "attention_bias", false, source);
     c.qk_norm = true;
+  } else if (c.architecture == "MixtralForCausalLM") {
+    c.attention_bias = false;
+  } else if (c.architecture == "Qwen2MoeForCausalLM") {
+    c.attention_bias = true;  // q/k/v biases, as Qwen2
   } else {
     throw_error(
         "{}: unsupported architecture '{}' (supported: LlamaForCausalLM, MistralForCausalLM, "
-        "Qwen2ForCausalLM, Qwen3ForCausalLM)",
+        "Qwen2ForCausalLM, Qwen3ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM, "
+        "Qwen3MoeForCausalLM)",
         source, c.architecture);
   }
   c.vocab_size = require_int(j, "vocab_size", source);
@@ -133,7 +188,26 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) {
     c.torch_dtype = j["torch_dtype"].get<std::string>();
   }
+  if (c.architecture == "MixtralForCausalLM" || c.architecture == "Qwen2MoeForCausalLM" ||
+      c.architecture == "Qwen3MoeForCausalLM") {
+    parse_moe(j, source, c);
+  }
   return c;
+}
+
+bool ModelConfig::is_moe_layer(int64_t layer) const {
+  if (num_experts <= 0) return false;
+  if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) {
+    return false;
+  }
+  return (layer + 1) % decoder_sparse_step == 0;
+}
+
+bool ModelConfig::has_dense_layers() const {
+  for (int64_t l = 0; l < num_hidden_layers; ++l) {
+    if (!is_moe_layer(l)) return true;
+  }
+  return false;
 }
 
 ModelConfig ModelConfig::from_dir(const std::string& model_dir) {

@@ -40,6 +40,22 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::string torch_dtype;  // as written in config.json, informational
 
+  // Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE); num_experts == 0 for dense models.
+  int64_t num_experts = 0;  // routed experts per MoE layer (num_local_experts / num_experts)
+  int64_t num_experts_per_tok = 0;              // experts each token is routed to (top-k)
+  int64_t moe_intermediate_size = 0;            // one routed expert's hidden features
+  int64_t shared_expert_intermediate_size = 0;  // Qwen2-MoE's shared expert; 0 = none
+  bool norm_topk_prob = false;                  // renormalise the top-k router weights to sum to 1
+  int64_t decoder_sparse_step = 1;       // layer l is MoE if (l + 1) % step == 0 (and not MLP-only)
+  std::vector<int64_t> mlp_only_layers;  // layers that keep a dense MLP (intermediate_size)
+
+  // True for a mixture-of-experts architecture.
+  bool is_moe() const { return num_experts > 0; }
+  // True if decoder layer `layer` has a sparse MoE block instead of a dense MLP (HF's rule).
+  bool is_moe_layer(int64_t layer) const;
+  // True if at least one layer has a dense MLP of intermediate_size.
+  bool has_dense_layers() const;
+
   // Parses and validates config.json in `model_dir`; throws dpserve::Error naming the file and
   // the field on anything missing, malformed or unsupported.
   static ModelConfig from_dir(const std::string& model_dir);

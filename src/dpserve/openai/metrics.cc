@@ -294,7 +294,7 @@ ServingMetrics::ServingMetrics(MetricsRegistry& r, const std::string& model_name
       gen_throughput(r.gauge("sglang:gen_throughput", "The generation throughput (token/s).",
                              {{"model_name", model_name}})) {}
 
-void ServingMetrics::set_scheduler_stats(const SchedulerStats& s) {
+void ServingMetrics::set_scheduler_stats(const SchedulerGauges& s) {
   num_running_reqs.set(static_cast<double>(s.num_running_reqs));
   num_queue_reqs.set(static_cast<double>(s.num_queue_reqs));
   num_used_tokens.set(static_cast<double>(s.num_used_tokens));

@@ -117,8 +117,9 @@ std::string format_metric_value(double v);
 // Escapes a label value (backslash, double quote, newline).
 std::string escape_label_value(const std::string& v);
 
-// Scheduler-side state that /metrics shows as gauges (SGLang's scheduler stats).
-struct SchedulerStats {
+// Scheduler-side state that /metrics shows as gauges (SGLang's scheduler stats; named apart from
+// managers/scheduler.h's SchedulerStats counters).
+struct SchedulerGauges {
   int64_t num_running_reqs = 0;  // requests decoding
   int64_t num_queue_reqs = 0;    // requests waiting
   int64_t num_used_tokens = 0;   // KV tokens in use
@@ -139,7 +140,7 @@ class ServingMetrics {
   ServingMetrics(MetricsRegistry& registry, const std::string& model_name);
 
   // Sets the scheduler gauges.
-  void set_scheduler_stats(const SchedulerStats& s);
+  void set_scheduler_stats(const SchedulerGauges& s);
 
   Counter& prompt_tokens;          // sglang:prompt_tokens_total
   Counter& generation_tokens;      // sglang:generation_tokens_total

@@ -77,6 +77,10 @@ void ServerArgs::add_to(CLI::App& app) {
                  "Host name or IP of node 0 (required when --nnodes > 1)");
   app.add_option("--coordinator-port", coordinator_port, "TCP port of the coordinator on node 0")
       ->capture_default_str();
+  app.add_option("--dist-timeout", dist_timeout,
+                 "Seconds to keep trying to reach the coordinator and peers, and the longest a "
+                 "collective may wait for a peer")
+      ->capture_default_str();
   app.add_option("--load-balance-method", load_balance_method,
                  "How requests are routed to DP groups: round_robin, shortest_queue, "
                  "minimum_tokens")
@@ -203,28 +207,20 @@ void ServerArgs::validate() const {
   if (!(watchdog_timeout >= 0)) {
     throw_error("--watchdog-timeout must be >= 0 seconds, got {}", watchdog_timeout);
   }
+  if (!(dist_timeout > 0)) throw_error("--dist-timeout must be > 0 seconds, got {}", dist_timeout);
 }
 
 void ServerArgs::check_implemented() const {
   constexpr std::string_view kLater = "is not implemented yet";
-  if (tp_size > 1) {
-    throw_error("--tp-size {}: tensor parallelism {} (use --tp-size 1)", tp_size, kLater);
-  }
   if (dp_size > 1) {
     throw_error("--dp-size {}: data parallelism {} (use --dp-size 1)", dp_size, kLater);
   }
   if (enable_dp_attention) {
     throw_error("--enable-dp-attention: DP attention {} (drop the flag)", kLater);
   }
-  if (nnodes > 1) {
-    throw_error("--nnodes {}: serving over several machines {} (use --nnodes 1)", nnodes, kLater);
-  }
   if (dtype != "auto") {
     throw_error("--dtype {}: converting weights {}; --dtype auto keeps the checkpoint's type",
                 dtype, kLater);
-  }
-  if (enable_metrics) {
-    throw_error("--enable-metrics: the /metrics endpoint {} (drop the flag)", kLater);
   }
 }
 
@@ -253,6 +249,7 @@ nlohmann::json ServerArgs::to_json() const {
   j["dp_size"] = dp_size;
   j["enable_dp_attention"] = enable_dp_attention;
   j["nnodes"] = nnodes;
+  j["dist_timeout"] = dist_timeout;
   j["node_rank"] = node_rank;
   j["node_0_address"] =
       node_0_address.empty() ? nlohmann::json(nullptr) : nlohmann::json(node_0_address);

@@ -45,6 +45,7 @@ struct ServerArgs {
   int node_rank = 0;                 // --node-rank: this machine's index in [0, nnodes)
   std::string node_0_address;        // --node-0-address: host of node 0 (needed when nnodes > 1)
   int coordinator_port = 29500;      // --coordinator-port: node 0's coordinator TCP port
+  double dist_timeout = 60.0;        // --dist-timeout: seconds to reach peers / per collective
   std::string load_balance_method = "round_robin";  // --load-balance-method: DP request routing
 
   // Memory and scheduling.

@@ -1,19 +1,27 @@
 #pragma once
 // The Llama family decoder (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM with q/k/v
 // bias, Qwen3ForCausalLM with per-head q/k RMSNorm) on the CPU: f32 activations, weights used in
-// place from the safetensors mapping (F16 converted to f32 at load).
+// place from the safetensors mapping (F16 converted to f32 at load). Tensor parallelism splits
+// heads, the MLP and the vocabulary over the ranks of a ProcessGroup (layers/parallel_linear.h).
+//
+// The same decoder serves the mixture-of-experts models (MixtralForCausalLM, Qwen2MoeForCausalLM
+// with its shared expert, Qwen3MoeForCausalLM with q/k norm): a layer's feed-forward part is
+// either the dense MLP or a SparseMoeBlock (layers/moe.h), as the config says per layer. Experts
+// are split over the TP ranks by expert parallelism (ModelOptions::ep_size); attention stays TP.
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "dpserve/common/thread_pool.h"
+#include "dpserve/distributed/process_group.h"
 #include "dpserve/kernels/cpu/linear.h"
 #include "dpserve/layers/attention/attention_backend.h"
-#include "dpserve/layers/embedding.h"
+#include "dpserve/layers/moe.h"
+#include "dpserve/layers/parallel_linear.h"
 #include "dpserve/layers/rotary_embedding.h"
+#include "dpserve/layers/vocab_parallel_embedding.h"
 #include "dpserve/mem_cache/kv_pool.h"
 #include "dpserve/model/forward_batch.h"
 #include "dpserve/model/model_config.h"
@@ -24,9 +32,34 @@ namespace dpserve {
 // Choices made when building a model.
 struct ModelOptions {
   std::string attention_backend = "flash";  // "flash" | "native"
-  int64_t max_positions = 0;  // rotary table length; 0 = config's max_position_embeddings
-  bool show_progress = true;  // progress bar while preparing weights (only drawn on a tty)
+  int64_t max_positions = 0;         // rotary table length; 0 = config's max_position_embeddings
+  bool show_progress = true;         // progress bar while preparing weights (only drawn on a tty)
+  int tp_rank = 0;                   // this rank's index in the tensor-parallel group
+  int tp_size = 1;                   // tensor-parallel ranks the model is split over
+  ProcessGroup* tp_group = nullptr;  // the TP collectives (not owned); required when tp_size > 1
+  // TP only: split the embedding by vocab (+ an all-reduce) instead of keeping it replicated.
+  // Off by default: a replicated lookup reads only the looked-up rows of the mapping and needs no
+  // collective (docs/benchmarks.md).
+  bool vocab_parallel_embedding = false;
+  // TP only: split the LM head by vocab (+ an all_gatherv of the logits) instead of replicating it.
+  bool vocab_parallel_lm_head = true;
+  // MoE models: expert-parallel ranks among the tp_size ranks (must divide tp_size); 0 = tp_size.
+  // Rank r holds the experts of ep rank r / (tp_size / ep_size), each expert's intermediate
+  // features split over the tp_size / ep_size ranks that share them. Ignored by dense models.
+  int ep_size = 0;
+  MoeImpl moe_impl = MoeImpl::kFused;  // MoE models: expert path (fused, fused-split, naive)
 };
+
+// Throws dpserve::Error naming `model_name` and the sizes if `config` cannot be split over tp_size
+// ranks: heads, KV heads (or tp_size a multiple of them) and intermediate_size (when a layer has a
+// dense MLP) must divide evenly. MoE models also need ep_size (0 = tp_size) to divide tp_size, at
+// least ep_size experts, moe_intermediate_size divisible by tp_size / ep_size and the shared
+// expert's size by tp_size.
+void check_tensor_parallel(const ModelConfig& config, int tp_size, const std::string& model_name,
+                           int ep_size = 0);
+
+// The expert-parallel size a model uses: ep_size, or tp_size when ep_size is 0 (1 for dense).
+int resolve_ep_size(const ModelConfig& config, int tp_size, int ep_size);
 
 class LlamaForCausalLM {
  public:
@@ -42,7 +75,7 @@ class LlamaForCausalLM {
   // Same, returning a new vector (convenient in tests).
   std::vector<float> forward(const ForwardBatch& batch, KVPool& kv, ThreadPool& pool);
 
-  // A KV pool of `num_slots` token slots shaped for this model.
+  // A KV pool of `num_slots` token slots shaped for this rank (its local KV heads).
   KVPool make_kv_pool(int64_t num_slots) const;
   // Logit rows `batch` produces.
   static int64_t num_logit_rows(const ForwardBatch& batch);
@@ -51,6 +84,23 @@ class LlamaForCausalLM {
   const ModelConfig& config() const { return config_; }
   // The attention backend in use.
   const AttentionBackend& attention() const { return *attention_; }
+  // This rank's index in the tensor-parallel group.
+  int tp_rank() const { return tp_rank_; }
+  // Tensor-parallel ranks.
+  int tp_size() const { return tp_size_; }
+  // Query heads this rank computes.
+  int64_t num_local_q_heads() const { return nq_; }
+  // KV heads this rank stores (one replicated head when num_key_value_heads < tp_size).
+  int64_t num_local_kv_heads() const { return nkv_; }
+  // Bytes of weights this rank copied or converted at load (column slices, F16).
+  int64_t owned_weight_bytes() const { return arena_.bytes(); }
+  // Expert-parallel ranks (1 for dense models).
+  int ep_size() const { return ep_size_; }
+  // Layer `layer`'s MoE block (router choices of the last forward, stats, impl), null if the
+  // layer has a dense MLP.
+  SparseMoeBlock* moe_block(int64_t layer) { return layers_.at(layer).moe.get(); }
+  // Same, read-only.
+  const SparseMoeBlock* moe_block(int64_t layer) const { return layers_.at(layer).moe.get(); }
 
  private:
   struct LayerWeights {
@@ -60,33 +110,49 @@ class LlamaForCausalLM {
     std::vector<float> q_bias, k_bias;     // [q_dim], [kv_dim]; empty without attention_bias
     std::vector<float> v_bias, o_bias;     // [kv_dim], [hidden]; o_bias only if the file has it
     std::vector<float> q_norm, k_norm;     // [head_dim]; empty without qk_norm
-    kernels::WeightMatrix gate, up, down;  // MLP projections
+    kernels::WeightMatrix gate, up, down;  // dense MLP projections (layers without `moe`)
+    std::unique_ptr<SparseMoeBlock> moe;   // the layer's MoE block; null for a dense MLP
   };
 
-  // The named matrix checked to be [rows, cols]; F16 is converted into owned f32 storage.
-  kernels::WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols);
-  // The named 1-D tensor of n elements as f32.
-  std::vector<float> vector1d(const std::string& name, int64_t n);
+  // Rows `part` of the named matrix, checked to be [rows, cols] (column-parallel).
+  kernels::WeightMatrix column_part(const std::string& name, int64_t rows, int64_t cols,
+                                    ShardRange part);
+  // Columns `part` of the named matrix, checked to be [rows, cols] (row-parallel).
+  kernels::WeightMatrix row_part(const std::string& name, int64_t rows, int64_t cols,
+                                 ShardRange part);
+  // Elements `part` of the named 1-D tensor of n elements, as f32 (all of it by default).
+  std::vector<float> vector1d(const std::string& name, int64_t n, ShardRange part = {0, -1});
+  // Builds the embedding and the LM head for this rank.
+  void load_vocab(const ModelOptions& options);
+  // Builds layer `layer`'s MoE block from its router and this rank's experts (llama_moe.cc).
+  std::unique_ptr<SparseMoeBlock> load_moe_block(int64_t layer, const ModelOptions& options);
   // Grows the scratch buffers for `tokens` new tokens and `rows` logit rows.
   void reserve(int64_t tokens, int64_t rows);
 
   ModelConfig config_;
   std::shared_ptr<const WeightStore> weights_;
-  std::deque<std::vector<float>> converted_;  // f32 copies of F16 matrices
-  std::unique_ptr<Embedding> embed_;
+  WeightArena arena_;  // column slices and f32 copies of F16 weights
+  std::unique_ptr<VocabParallelEmbedding> embed_;
   std::vector<LayerWeights> layers_;
-  std::vector<float> final_norm_;  // [hidden]
-  kernels::WeightMatrix lm_head_;  // [vocab, hidden]; the embedding table when tied
+  std::vector<float> final_norm_;            // [hidden]
+  std::unique_ptr<ParallelLMHead> lm_head_;  // the embedding table when tied
   std::unique_ptr<RotaryEmbedding> rope_;
   std::unique_ptr<AttentionBackend> attention_;
-  int64_t q_dim_;   // num_attention_heads * head_dim
-  int64_t kv_dim_;  // num_key_value_heads * head_dim
+  int tp_rank_ = 0;
+  int tp_size_ = 1;
+  ProcessGroup* tp_group_ = nullptr;  // null with one rank
+  int64_t nq_;                        // query heads on this rank
+  int64_t nkv_;                       // KV heads on this rank
+  int64_t inter_;                     // dense MLP intermediate features on this rank
+  int ep_size_ = 1;                   // expert-parallel ranks (MoE)
+  int64_t q_dim_;                     // nq_ * head_dim
+  int64_t kv_dim_;                    // nkv_ * head_dim
 
   // Scratch, grown on demand and reused so that steady decode allocates nothing.
   std::vector<float> hidden_;          // [tokens][hidden], the residual stream
   std::vector<float> normed_;          // [tokens][hidden], normalized input of attention / MLP
   std::vector<float> delta_;           // [tokens][hidden], o_proj / down_proj output
-  std::vector<float> q_;               // [tokens][q_dim]
+  std::vector<float> q_;               // [tokens][q_dim] (local sizes from here on)
   std::vector<float> k_;               // [tokens][kv_dim]
   std::vector<float> v_;               // [tokens][kv_dim]
   std::vector<float> attn_;            // [tokens][q_dim]

@@ -1,0 +1,6 @@
+# Tensor parallelism end to end: real servers whose ranks meet through the coordinator and Gloo
+# (one node, two nodes on loopback, two network namespaces) and the fault cases.
+dpserve_add_test(tp_server_test SOURCES tp_server_test.cc
+  LIBS PkgConfig::HTTPLIB nlohmann_json::nlohmann_json Threads::Threads)
+target_compile_definitions(tp_server_test PRIVATE DPSERVE_BINARY="$<TARGET_FILE:dpserve>")
+add_dependencies(tp_server_test dpserve)
