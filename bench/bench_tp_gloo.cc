@@ -57,10 +57,12 @@ namespace {
 
 constexpr int kMaxBatches = 8;  // batch sizes per run (fixed-size results cross a pipe)
 
+// Seconds on the steady clock.
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Median of v (0 when empty).
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -68,6 +70,7 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Smallest of v (0 when empty): the best time.
 double best(const std::vector<double>& v) {
   return v.empty() ? 0 : *std::min_element(v.begin(), v.end());
 }
@@ -96,23 +99,27 @@ bool read_all(int fd, void* p, size_t n) {
   return true;
 }
 
+// One configuration: TP ranks (processes) x threads per rank.
 struct Config {
-  int tp = 1;
+  int tp = 1;       // ranks
   int threads = 1;  // per rank
+  // Cores in use.
   int cores() const { return tp * threads; }
+  // "TP=2 x 1 thread (processes, Gloo)".
   std::string label() const {
     return "TP=" + std::to_string(tp) + " x " + std::to_string(threads) + " thread" +
            (threads > 1 ? "s" : "") + (tp > 1 ? " (processes, Gloo)" : " (1 process)");
   }
 };
 
+// Command-line settings every rank needs.
 struct Options {
-  std::string model_path = "models-gen/tinyllama-1.1b-bf16";
-  std::vector<int> batches = {1, 16};
-  int prompt_len = 16;
-  int steps = 16;
-  int iso_reps = 50;
-  int timeout_s = 600;
+  std::string model_path = "models-gen/tinyllama-1.1b-bf16";  // checkpoint directory
+  std::vector<int> batches = {1, 16};                         // decode batch sizes
+  int prompt_len = 16;                                        // prompt tokens per sequence
+  int steps = 16;                                             // timed decode steps per batch size
+  int iso_reps = 50;                                          // calls per collective timed alone
+  int timeout_s = 600;                                        // Gloo timeout
 };
 
 // What the parent asks a rank to do.
@@ -125,11 +132,11 @@ struct Command {
 // One rank's figures for one batch size in one round (plain data: it crosses a pipe).
 struct BatchResult {
   int batch = 0;
-  double prefill_s = 0;                 // the prompt forward (batch x prompt_len tokens)
-  double step_s = 0;                    // mean decode step
-  double op_s[kNumCollectiveOps] = {};  // per decode step, per operation
-  double op_calls[kNumCollectiveOps] = {};
-  double op_slow[kNumCollectiveOps] = {};  // per decode step: calls of at least 2 ms
+  double prefill_s = 0;                     // the prompt forward (batch x prompt_len tokens)
+  double step_s = 0;                        // mean decode step
+  double op_s[kNumCollectiveOps] = {};      // per decode step, per operation
+  double op_calls[kNumCollectiveOps] = {};  // per decode step: calls per operation
+  double op_slow[kNumCollectiveOps] = {};   // per decode step: calls of at least 2 ms
   double iso_reduce_s = 0;      // all_reduce of batch x hidden floats alone: median per call
   double iso_reduce_p10_s = 0;  // same, 10th percentile
   double iso_gatherv_s = 0;     // all_gatherv of batch x vocab floats alone: median per call
@@ -138,22 +145,22 @@ struct BatchResult {
 
 // A rank's answer to a command, or its ready message (n == 0).
 struct RoundResult {
-  int ok = 1;           // 0: the rank failed (error holds why) and exits
-  int n = 0;            // entries of b
-  double load_s = 0;    // ready message: seconds to join the group and load the model
-  double owned_mb = 0;  // ready message: MB of copied weight slices on this rank
-  BatchResult b[kMaxBatches];
-  char error[512] = {};
+  int ok = 1;                  // 0: the rank failed (error holds why) and exits
+  int n = 0;                   // entries of b
+  double load_s = 0;           // ready message: seconds to join the group and load the model
+  double owned_mb = 0;         // ready message: MB of copied weight slices on this rank
+  BatchResult b[kMaxBatches];  // one per batch size
+  char error[512] = {};        // the failure, when !ok
 };
 
 // One process-local rank: its model, pool, KV cache and (TP > 1) groups.
 struct Rank {
-  std::unique_ptr<GlooProcessGroup> gloo;
-  std::unique_ptr<TimedProcessGroup> timer;  // null with one rank
-  std::unique_ptr<LlamaForCausalLM> model;
-  std::unique_ptr<ThreadPool> pool;
-  std::unique_ptr<KVPool> kv;
-  std::vector<float> logits;
+  std::unique_ptr<GlooProcessGroup> gloo;    // the TP group (null with one rank)
+  std::unique_ptr<TimedProcessGroup> timer;  // gloo, timed; the model's tp_group
+  std::unique_ptr<LlamaForCausalLM> model;   // this rank's shard
+  std::unique_ptr<ThreadPool> pool;          // --num-threads threads
+  std::unique_ptr<KVPool> kv;                // this rank's KV heads
+  std::vector<float> logits;                 // the last forward's logits (all vocab)
 };
 
 // Appends tokens[b] to sequence b in one forward; returns the seconds it took.
@@ -349,6 +356,7 @@ Child fork_child(const std::function<void(int, int)>& body) {
   return {pid, cmd[1], res[0]};
 }
 
+// Closes the child's pipes and waits for it to exit.
 void reap(const Child& c) {
   close(c.cmd_fd);
   close(c.res_fd);

@@ -109,5 +109,35 @@ TEST(DpAttention, InvalidFlagsNameTheProblem) {
   EXPECT_EQ(flag_error(1, 8, false), "");
 }
 
+// DESIGN.md §3 / SGLang's classic get_dp_padding_mode: SUM_LEN whenever a group extends;
+// otherwise MAX_LEN iff 2 * sum > max * dp_size.
+TEST(DpAttention, PaddingModeRule) {
+  using M = DpPaddingMode;
+  EXPECT_EQ(get_dp_padding_mode(true, {4, 4}), M::kSumLen);  // extend: always SUM_LEN
+  EXPECT_EQ(get_dp_padding_mode(true, {1, 1, 1, 1}), M::kSumLen);
+  EXPECT_EQ(get_dp_padding_mode(false, {4, 4}), M::kMaxLen);        // 16 > 8
+  EXPECT_EQ(get_dp_padding_mode(false, {2, 1}), M::kMaxLen);        // 6 > 4
+  EXPECT_EQ(get_dp_padding_mode(false, {2, 0}), M::kSumLen);        // 4 > 4 is false
+  EXPECT_EQ(get_dp_padding_mode(false, {1, 0}), M::kSumLen);        // 2 > 2 is false
+  EXPECT_EQ(get_dp_padding_mode(false, {8, 1, 1, 1}), M::kSumLen);  // 22 > 32 is false
+  EXPECT_EQ(get_dp_padding_mode(false, {8, 8, 8, 1}), M::kMaxLen);  // 50 > 32
+  EXPECT_EQ(get_dp_padding_mode(false, {0, 0}), M::kSumLen);
+  EXPECT_EQ(get_dp_padding_mode(false, {5}), M::kMaxLen);  // one group: 10 > 5
+  EXPECT_STREQ(to_string(M::kMaxLen), "max_len");
+  EXPECT_STREQ(to_string(M::kSumLen), "sum_len");
+}
+
+TEST(DpAttention, GatherPlanOffsets) {
+  const DpGatherPlan sum = make_dp_gather_plan({3, 0, 5, 1}, DpPaddingMode::kSumLen);
+  EXPECT_EQ(sum.offsets, (std::vector<int64_t>{0, 3, 3, 8, 9}));
+  EXPECT_EQ(sum.dp_size(), 4);
+  EXPECT_EQ(sum.max_tokens, 5);
+  EXPECT_EQ(sum.total_tokens(), 9);
+  EXPECT_EQ(sum.buffer_rows(), 9);
+  const DpGatherPlan max = make_dp_gather_plan({3, 0, 5, 1}, DpPaddingMode::kMaxLen);
+  EXPECT_EQ(max.offsets, sum.offsets);  // the same layout after the gather
+  EXPECT_EQ(max.buffer_rows(), 20);     // 4 groups padded to 5 rows while gathering
+}
+
 }  // namespace
 }  // namespace dpserve

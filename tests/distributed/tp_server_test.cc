@@ -89,10 +89,8 @@ TEST_P(TpServe, GreedyEqualsReference) {
             ref["greedy"]["ids"].get<std::vector<int>>());
 
   httplib::Client c = server.client();
-  const json body = {{"model", kStories},
-                     {"prompt", ref["prompt_text"]},
-                     {"max_tokens", 32},
-                     {"temperature", 0}};
+  const json body = {
+      {"model", kStories}, {"prompt", ref["prompt_text"]}, {"max_tokens", 32}, {"temperature", 0}};
   auto r = c.Post("/v1/completions", body.dump(), "application/json");
   ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");
   const std::string full = ref["greedy"]["text"];
@@ -112,6 +110,20 @@ TEST_P(TpServe, GreedyEqualsReference) {
 
 INSTANTIATE_TEST_SUITE_P(Tp, TpServe, ::testing::Values(2, 4),
                          [](const auto& info) { return "Tp" + std::to_string(info.param); });
+
+// An MoE model served with TP=2 (experts split over the ranks: EP 2 by default, and EP 1 with
+// each expert split over both ranks) reproduces stories260K's greedy text, as its upcycling must.
+TEST(TpServeMoe, MixtralUpcycledGreedyEqualsStories) {
+  const std::string model = DPSERVE_SHARED_DIR "/models/stories260K-mixtral-4x";
+  const json ref = reference();
+  for (const char* ep : {"0", "1"}) {
+    ServerProcess server({"--tp-size", "2", "--ep-size", ep, "--max-total-tokens", "4096"}, model);
+    ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
+    EXPECT_EQ(greedy_ids(server, ref["prompt_text"], 32),
+              ref["greedy"]["ids"].get<std::vector<int>>())
+        << "--ep-size " << ep;
+  }
+}
 
 // Concurrent requests with mixed prefill and decode steps: TP=2 gives what TP=1 gives.
 TEST(TpServeBatch, ConcurrentGreedyEqualsTp1) {
@@ -356,10 +368,8 @@ TEST(MultiNode, TwoNetworkNamespaces) {
   }
   ASSERT_TRUE(healthy) << read_file(log0) << read_file(log1);
   const json ref = reference();
-  const json req = {{"model", kStories},
-                    {"prompt", ref["prompt_text"]},
-                    {"max_tokens", 32},
-                    {"temperature", 0}};
+  const json req = {
+      {"model", kStories}, {"prompt", ref["prompt_text"]}, {"max_tokens", 32}, {"temperature", 0}};
   const auto r = run_command(curl + "/v1/completions -H 'Content-Type: application/json' -d '" +
                              req.dump() + "'");
   const json resp = json::parse(r.out, nullptr, false);

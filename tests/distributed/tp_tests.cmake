@@ -4,3 +4,9 @@ dpserve_add_test(tp_server_test SOURCES tp_server_test.cc
   LIBS PkgConfig::HTTPLIB nlohmann_json::nlohmann_json Threads::Threads)
 target_compile_definitions(tp_server_test PRIVATE DPSERVE_BINARY="$<TARGET_FILE:dpserve>")
 add_dependencies(tp_server_test dpserve)
+
+# Plain data parallelism: the DataParallelController in front of replicas.
+dpserve_add_test(dp_server_test SOURCES dp_server_test.cc
+  LIBS PkgConfig::HTTPLIB nlohmann_json::nlohmann_json Threads::Threads)
+target_compile_definitions(dp_server_test PRIVATE DPSERVE_BINARY="$<TARGET_FILE:dpserve>")
+add_dependencies(dp_server_test dpserve)

@@ -432,9 +432,10 @@ TEST(ServerLifecycle, BrokenModelDirExitsWithTheSchedulersError) {
   EXPECT_THAT(missing.out, HasSubstr("/nonexistent/model"));
 
   const auto later = dpserve_test::run_command(
-      bin + " serve --model-path " + kStories + " --dp-size 2", /*with_stderr=*/true);
+      bin + " serve --model-path " + kStories + " --tp-size 2 --dp-size 2 --enable-dp-attention",
+      /*with_stderr=*/true);
   EXPECT_EQ(later.exit_code, 1);
-  EXPECT_THAT(later.out, HasSubstr("--dp-size"));
+  EXPECT_THAT(later.out, HasSubstr("--enable-dp-attention"));
   EXPECT_THAT(later.out, HasSubstr("not implemented"));
 
   // A TP size the model cannot be split into: the ranks' error reaches the user.

@@ -234,6 +234,13 @@ TEST(ServerArgs, ValidationMessagesNameTheFlag) {
       {"tp 0", [](ServerArgs& a) { a.tp_size = 0; }, "--tp-size must be >= 1, got 0"},
       {"dp 0", [](ServerArgs& a) { a.dp_size = 0; }, "--dp-size must be >= 1, got 0"},
       {"nnodes 0", [](ServerArgs& a) { a.nnodes = 0; }, "--nnodes must be >= 1"},
+      {"ep -1", [](ServerArgs& a) { a.ep_size = -1; }, "--ep-size must be >= 0"},
+      {"ep 3 of tp 4",
+       [](ServerArgs& a) {
+         a.tp_size = 4;
+         a.ep_size = 3;
+       },
+       "--ep-size (3) must divide --tp-size (4)"},
       {"node rank",
        [](ServerArgs& a) {
          a.nnodes = 2;
@@ -351,8 +358,6 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
     const char* message;
   };
   const Case cases[] = {
-      {[](ServerArgs& a) { a.dp_size = 2; },
-       "--dp-size 2: data parallelism is not implemented yet"},
       {[](ServerArgs& a) { a.enable_dp_attention = true; },
        "--enable-dp-attention: DP attention is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "float32"; },

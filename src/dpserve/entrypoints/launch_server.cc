@@ -88,7 +88,16 @@ StopCause wait_for_stop(RankLauncher& ranks) {
       unsigned char b = 0;
       if (::read(g_signal_pipe[0], &b, 1) == 1) return {static_cast<int>(b), std::nullopt};
     }
-    if (auto exit = ranks.poll_exit()) return {0, std::move(exit)};
+    if (auto exit = ranks.poll_exit()) {
+      // A signal to the whole process group (Ctrl-C, a service manager) may kill a rank before
+      // our own handler's byte is read: give it a moment, so that shutdown stays graceful.
+      pollfd sig{g_signal_pipe[0], POLLIN, 0};
+      if (::poll(&sig, 1, 100) > 0) {
+        unsigned char b = 0;
+        if (::read(g_signal_pipe[0], &b, 1) == 1) return {static_cast<int>(b), std::nullopt};
+      }
+      return {0, std::move(exit)};
+    }
   }
 }
 

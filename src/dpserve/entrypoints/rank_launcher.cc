@@ -12,6 +12,7 @@
 
 #include "dpserve/common/errors.h"
 #include "dpserve/distributed/coordinator_types.h"
+#include "dpserve/managers/data_parallel_controller.h"
 #include "dpserve/managers/scheduler_process.h"
 
 namespace dpserve {
@@ -54,7 +55,20 @@ std::string local_address_towards(const std::string& host, int port) {
 
 RankLauncher::RankLauncher(const ServerArgs& args, const std::vector<std::string>& serve_args,
                            const std::string& runtime_dir) {
-  world_size_ = args.tp_size;
+  // Plain DP: --dp-size replicas of --tp-size ranks, behind the DataParallelController.
+  const bool plain_dp = args.dp_size > 1 && !args.enable_dp_attention;
+  world_size_ = args.tp_size * (plain_dp ? args.dp_size : 1);
+  if (plain_dp && args.node_rank == 0) {
+    // The controller binds the leaders' sockets; it starts first so they find them.
+    controller_ = std::make_unique<ChildProcess>(ChildSpec{
+        .role = kDpControllerRole,
+        .args = data_parallel_controller_args(runtime_dir, args.dp_size, args.load_balance_method,
+                                              std::chrono::milliseconds(10000), args.log_level),
+        .name = "data parallel controller"});
+    controller_->wait_ready(std::chrono::seconds(30));
+    spdlog::info("data parallel controller ready (pid {}): {} groups, {}", controller_->pid(),
+                 args.dp_size, args.load_balance_method);
+  }
   const int per_node = world_size_ / args.nnodes;
   const int first = args.node_rank * per_node;
   std::string coordinator_addr;
@@ -86,8 +100,9 @@ RankLauncher::RankLauncher(const ServerArgs& args, const std::vector<std::string
                         {kRankFlag, std::to_string(r), kCoordinatorFlag, coordinator_addr,
                          kLocalRanksFlag, std::to_string(per_node), kGlooHostFlag, gloo_host_});
     }
-    const std::string name =
+    std::string name =
         world_size_ > 1 ? fmt::format("scheduler rank {}", r) : std::string("scheduler process");
+    if (plain_dp) name += fmt::format(" (DP group {})", r / args.tp_size);
     ranks_.push_back(std::make_unique<ChildProcess>(
         ChildSpec{.role = kSchedulerRole, .args = std::move(child_args), .name = name}));
     spdlog::info("{} started (pid {})", name, ranks_.back()->pid());
@@ -98,6 +113,7 @@ RankLauncher::~RankLauncher() {
   for (auto& r : ranks_) {
     if (!r->exit_status()) r->kill(SIGKILL);
   }
+  if (controller_ && !controller_->exit_status()) controller_->kill(SIGKILL);
 }
 
 nlohmann::json RankLauncher::wait_ready(std::chrono::milliseconds timeout) {
@@ -147,6 +163,9 @@ std::optional<RankExit> RankLauncher::poll_exit() {
   for (auto& r : ranks_) {
     if (auto st = r->poll_exit()) return RankExit{r->name(), *st};
   }
+  if (controller_) {
+    if (auto st = controller_->poll_exit()) return RankExit{controller_->name(), *st};
+  }
   return std::nullopt;
 }
 
@@ -155,6 +174,7 @@ std::vector<int> RankLauncher::exit_fds() const {
   for (const auto& r : ranks_) {
     if (r->exit_fd() >= 0) fds.push_back(r->exit_fd());
   }
+  if (controller_ && controller_->exit_fd() >= 0) fds.push_back(controller_->exit_fd());
   return fds;
 }
 
@@ -169,6 +189,7 @@ std::optional<ExitStatus> RankLauncher::terminate_all(std::chrono::milliseconds 
     const ExitStatus clean{0, 0};
     if (!worst || (*worst == clean && !(st == clean))) worst = st;
   }
+  if (controller_) controller_->terminate(grace);
   if (coordinator_) coordinator_->stop();
   return worst;
 }
@@ -176,6 +197,7 @@ std::optional<ExitStatus> RankLauncher::terminate_all(std::chrono::milliseconds 
 std::vector<pid_t> RankLauncher::pids() const {
   std::vector<pid_t> out;
   for (const auto& r : ranks_) out.push_back(r->pid());
+  if (controller_) out.push_back(controller_->pid());
   return out;
 }
 

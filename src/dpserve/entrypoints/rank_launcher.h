@@ -4,7 +4,10 @@
 // more (--tp-size > 1, possibly over --nnodes machines) node 0 first starts the coordinator on a
 // thread of its own, then every node spawns its ranks [node_rank * per_node, ... + per_node) with
 // the coordinator's address; the ranks register there, rendezvous their Gloo groups through it and
-// report ready over their pipes once the model is loaded and every rank has joined.
+// report ready over their pipes once the model is loaded and every rank has joined. With plain
+// data parallelism (--dp-size > 1 without DP attention) it first starts the
+// DataParallelController child and then dp_size replicas of tp_size ranks, whose leaders take
+// their requests from the controller.
 
 #include <chrono>
 #include <memory>
@@ -49,7 +52,7 @@ class RankLauncher {
   // `grace` to every local rank; returns the worst exit status seen (first non-zero), if any.
   std::optional<ExitStatus> terminate_all(std::chrono::milliseconds grace);
 
-  // The local ranks' pids (for /get_server_info and the signal handler).
+  // The local ranks' pids, then the controller's (for the signal handler).
   std::vector<pid_t> pids() const;
   // The coordinator, on node 0 of a multi-rank launch; null otherwise.
   Coordinator* coordinator() { return coordinator_.get(); }
@@ -63,6 +66,7 @@ class RankLauncher {
   std::string gloo_host_ = "127.0.0.1";
   std::unique_ptr<Coordinator> coordinator_;
   std::vector<std::unique_ptr<ChildProcess>> ranks_;
+  std::unique_ptr<ChildProcess> controller_;  // node 0 under plain DP: the controller
 };
 
 // The local address this machine uses to reach `host` (the source address of a route to it):

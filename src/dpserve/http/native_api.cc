@@ -65,7 +65,7 @@ json top_logprob_entries(const SequenceOutput& seq) {
 
 }  // namespace
 
-NativeGenerateRequest parse_generate_request(const json& body) {
+NativeGenerateRequest parse_generate_request(const json& body, int dp_size) {
   if (!body.is_object()) {
     throw ApiError(400, "the request body must be a JSON object", "invalid_request_error");
   }
@@ -81,7 +81,6 @@ NativeGenerateRequest parse_generate_request(const json& body) {
                                                      "bootstrap_host",
                                                      "bootstrap_port",
                                                      "bootstrap_room",
-                                                     "data_parallel_rank",
                                                      "token_ids_logprob",
                                                      "modalities"};
   static const std::set<std::string> kAccepted = {"logprob_start_len", "return_text_in_logprobs",
@@ -92,6 +91,7 @@ NativeGenerateRequest parse_generate_request(const json& body) {
   json rid;
   NativeGenerateRequest r;
   int64_t top_logprobs_num = 0;
+  int32_t dp_rank = -1;
   for (const auto& [key, value] : body.items()) {
     if (key == "text") {
       if (!value.is_null()) text = &value;
@@ -113,6 +113,15 @@ NativeGenerateRequest parse_generate_request(const json& body) {
       if (top_logprobs_num < 0 || top_logprobs_num > 1000) {
         throw bad_field(key, fmt::format("must be in [0, 1000], got {}", top_logprobs_num));
       }
+    } else if (key == "data_parallel_rank") {
+      if (value.is_null()) continue;
+      if (!value.is_number_integer()) throw bad_field(key, "must be an integer");
+      const int64_t k = value.get<int64_t>();
+      if (k < 0 || k >= dp_size) {
+        throw bad_field(
+            key, fmt::format("must be in [0, {}) (the server's --dp-size), got {}", dp_size, k));
+      }
+      dp_rank = static_cast<int32_t>(k);
     } else if (kAccepted.count(key) != 0) {
       continue;
     } else if (kUnsupported.count(key) != 0) {
@@ -186,6 +195,7 @@ NativeGenerateRequest parse_generate_request(const json& body) {
       r.return_logprob = true;
     }
     in.stream = r.stream;
+    in.data_parallel_rank = dp_rank;
     const json& id = rid.is_array() ? rid[i] : rid;
     if (!id.is_null()) {
       if (!id.is_string() || id.get<std::string>().empty()) {
@@ -228,7 +238,7 @@ void log_output(const SequenceOutput& s) {
 }
 
 void handle_generate(ServingContext& ctx, const json& body, httplib::Response& res) {
-  NativeGenerateRequest req = parse_generate_request(body);
+  NativeGenerateRequest req = parse_generate_request(body, ctx.args.dp_size);
   std::shared_ptr<GenerateHandle> h = ctx.tokenizer_manager.generate(std::move(req.inputs));
   const bool single = !req.is_batch && h->num_sequences() == 1;
   const bool log_outputs = ctx.args.log_requests;

@@ -29,8 +29,8 @@ struct NativeGenerateRequest {
 };
 
 // Parses SGLang's GenerateReqInput JSON; ApiError 400 naming the field for wrong types, unknown
-// fields, or neither / both of text and input_ids.
-NativeGenerateRequest parse_generate_request(const nlohmann::json& body);
+// fields, neither / both of text and input_ids, or a data_parallel_rank outside [0, dp_size).
+NativeGenerateRequest parse_generate_request(const nlohmann::json& body, int dp_size = 1);
 
 // The response object of one sequence (non-streaming, and each stream chunk).
 nlohmann::json generate_response_json(const SequenceOutput& seq, bool return_logprob,

@@ -136,6 +136,13 @@ int64_t Scheduler::num_waiting() const {
   return static_cast<int64_t>(waiting_queue_.size()) + (chunked_req_ != nullptr ? 1 : 0);
 }
 
+int64_t Scheduler::num_waiting_tokens() const {
+  int64_t n = 0;
+  for (const Req* r : waiting_queue_) n += static_cast<int64_t>(r->origin_input_ids.size());
+  if (chunked_req_ != nullptr) n += static_cast<int64_t>(chunked_req_->origin_input_ids.size());
+  return n;
+}
+
 bool Scheduler::has_work() const { return !live_.empty() || !pending_outputs_.empty(); }
 
 Req* Scheduler::new_req(const GenerateRequest& r, int64_t index, const SamplingParams& params) {

@@ -143,6 +143,8 @@ class Scheduler {
   bool flush_cache();
   // Sequences waiting (chunked one included) and decoding.
   int64_t num_waiting() const;
+  // Prompt tokens of the waiting sequences (the controller's minimum_tokens load).
+  int64_t num_waiting_tokens() const;
   // Sequences in the running (decode) batch.
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   // The KV pool `config` gives `model` on this rank (what the constructor will allocate); TP ranks

@@ -18,6 +18,8 @@
 #include "dpserve/distributed/parallel_state.h"
 #include "dpserve/distributed/process_group.h"
 #include "dpserve/ipc/zmq_socket.h"
+#include "dpserve/managers/data_parallel_controller.h"
+#include "dpserve/managers/load_reporter.h"
 #include "dpserve/tokenizer/tokenizer.h"
 
 namespace dpserve {
@@ -80,11 +82,21 @@ std::vector<Message> unpack_inputs(std::string_view bytes) {
 class SchedulerProcess {
  public:
   // `in`/`out` are null on followers; `tp_group` is null (or of size 1) with one rank.
+  // `control` (a DP group leader's socket to the DataParallelController, else null) carries
+  // load reports and the answers to control requests, tagged with `dp_rank`.
   SchedulerProcess(Scheduler& scheduler, MessageSocket* in, MessageSocket* out,
-                   ProcessGroup* tp_group)
-      : scheduler_(scheduler), in_(in), out_(out), tp_group_(tp_group) {
+                   ProcessGroup* tp_group, MessageSocket* control = nullptr, int dp_rank = -1)
+      : scheduler_(scheduler),
+        in_(in),
+        out_(out),
+        tp_group_(tp_group),
+        control_(control),
+        dp_rank_(dp_rank) {
     DPSERVE_CHECK(is_leader() == (in_ != nullptr && out_ != nullptr),
                   "only the leader rank owns the scheduler sockets");
+    DPSERVE_CHECK(control_ == nullptr || (is_leader() && dp_rank_ >= 0),
+                  "only a DP group leader talks to the controller");
+    if (control_ != nullptr) reporter_.emplace(*control_, dp_rank_);
   }
 
   [[noreturn]] void run() {
@@ -92,6 +104,7 @@ class SchedulerProcess {
     for (;;) {
       const bool busy = scheduler_.has_work();
       for (Message& msg : next_inputs(busy)) handle(std::move(msg));
+      report_load();
       if (!out_batch_.outputs.empty()) flush_outputs();
       if (scheduler_.has_work()) {
         was_busy = true;
@@ -116,7 +129,9 @@ class SchedulerProcess {
   std::vector<Message> next_inputs(bool busy) {
     std::vector<Message> msgs;
     if (is_leader()) {
-      const Millis idle_wait = has_followers() ? Millis(100) : Millis(1000);
+      // With followers (they wait in the broadcast) or a controller (it expects load reports a
+      // few times a second) the leader wakes up often while idle.
+      const Millis idle_wait = has_followers() || control_ != nullptr ? Millis(100) : Millis(1000);
       std::optional<Message> msg = recv(busy ? Millis(0) : idle_wait);
       while (msg) {
         msgs.push_back(std::move(*msg));
@@ -139,9 +154,29 @@ class SchedulerProcess {
     }
   }
 
-  // Sends a reply to the main process (leader only).
-  void reply(const Message& msg) {
-    if (out_ != nullptr) out_->send(msg);
+  // Sends a reply to a control request (leader only): to the controller under DP, tagged with
+  // this group's rank, else to the main process.
+  void reply(Message msg) {
+    if (control_ != nullptr) {
+      if (auto* f = std::get_if<FlushCacheResp>(&msg)) f->dp_rank = dp_rank_;
+      if (auto* g = std::get_if<GetServerInfoResp>(&msg)) g->dp_rank = dp_rank_;
+      control_->send(msg);
+    } else if (out_ != nullptr) {
+      out_->send(msg);
+    }
+  }
+
+  // Tells the controller this group's load, a few times a second (DP group leaders only).
+  void report_load() {
+    if (!reporter_ || !reporter_->due()) return;
+    const PagedAllocator& a = scheduler_.allocator();
+    SchedulerLoad load;
+    load.num_running_reqs = scheduler_.num_running();
+    load.num_waiting_reqs = scheduler_.num_waiting();
+    load.num_used_tokens = a.num_used_pages() * a.page_size();
+    load.num_queued_tokens = scheduler_.num_waiting_tokens();
+    load.max_total_tokens = scheduler_.kv_pool_size().usable_tokens;
+    reporter_->report(load);
   }
 
   void handle(Message&& msg) {
@@ -166,7 +201,11 @@ class SchedulerProcess {
       }
       reply(resp);
     } else if (std::holds_alternative<GetServerInfoReq>(msg)) {
-      if (is_leader()) reply(GetServerInfoResp{server_info().dump()});
+      if (is_leader()) {
+        GetServerInfoResp resp;
+        resp.info_json = server_info().dump();
+        reply(std::move(resp));
+      }
     } else {
       spdlog::error("scheduler: unexpected {} message", message_name(msg));
     }
@@ -256,6 +295,9 @@ class SchedulerProcess {
   MessageSocket* in_;       // leader only
   MessageSocket* out_;      // leader only
   ProcessGroup* tp_group_;  // null with one rank
+  MessageSocket* control_;  // DP group leader: to the controller; else null
+  int dp_rank_;             // the DP group this leader serves; -1 without a controller
+  std::optional<LoadReporter> reporter_;  // load reports to the controller
   BatchTokenIdOut out_batch_;
   std::unordered_map<std::string, int64_t> live_;  // rid -> unfinished sequences
 };
@@ -301,6 +343,7 @@ Fingerprint rank_fingerprint(const ServerArgs& a) {
           {"tokenizer_path", a.effective_tokenizer_path()},
           {"tp_size", std::to_string(a.tp_size)},
           {"dp_size", std::to_string(a.dp_size)},
+          {"ep_size", std::to_string(a.ep_size)},
           {"enable_dp_attention", a.enable_dp_attention ? "true" : "false"},
           {"nnodes", std::to_string(a.nnodes)},
           {"dtype", a.dtype},
@@ -315,6 +358,9 @@ Fingerprint rank_fingerprint(const ServerArgs& a) {
           {"attention_backend", a.attention_backend},
           {"random_seed", opt(a.random_seed)}};
 }
+
+// Plain data parallelism: --dp-size replicas of --tp-size ranks behind the DataParallelController.
+bool plain_dp(const ServerArgs& a) { return a.dp_size > 1 && !a.enable_dp_attention; }
 
 // A multi-rank scheduler's link to the others: the coordinator connection and the groups.
 struct RankRuntime {
@@ -346,9 +392,11 @@ RankRuntime join_ranks(const ServerArgs& args, const RankFlags& flags) {
   info.pid = static_cast<int64_t>(getpid());
   info.fingerprint = rank_fingerprint(args);
   rt.client->register_rank(info);
+  if (args.tp_size == 1) return rt;  // a replica of one rank has no collective to build
 
   ParallelConfig pc;
-  pc.world_rank = rank;
+  pc.world_rank = rank % args.tp_size;  // plain DP: ranks of replica k are [k * tp, (k+1) * tp)
+  pc.dp_replica = plain_dp(args) ? rank / args.tp_size : 0;
   pc.world_size = args.tp_size;
   pc.tp_size = args.tp_size;
   pc.dp_size = args.dp_size;
@@ -391,15 +439,18 @@ int run_scheduler_process(ChildContext& ctx) {
     SchedulerConfig config = scheduler_config_from_server_args(args);
     if (config.num_threads == 0) config.num_threads = default_rank_threads(flags.local_ranks);
     config.validate();
-    const bool multi_rank = args.tp_size > 1;
+    const bool multi_rank = args.tp_size > 1;  // this rank computes with others
+    const int replica = plain_dp(args) ? flags.rank / args.tp_size : 0;
+    const std::string replica_tag = fmt::format("replica{}", replica);
     RankRuntime rt;
-    if (multi_rank) rt = join_ranks(args, flags);
+    if (!flags.coordinator.empty()) rt = join_ranks(args, flags);
 
     ModelOptions mopt;
     if (multi_rank) {
       mopt.tp_rank = rt.state.tp_rank;
       mopt.tp_size = rt.state.tp_size;
       mopt.tp_group = rt.state.tp.get();
+      mopt.ep_size = args.ep_size;
       mopt.show_progress = flags.rank == 0;
     }
     std::shared_ptr<LlamaForCausalLM> model = make_model(args.model_path, config, mopt);
@@ -411,7 +462,8 @@ int run_scheduler_process(ChildContext& ctx) {
     }
     if (multi_rank) {
       // Loading takes as long as it takes; the collectives below have the --dist-timeout.
-      rt.client->barrier("weights_loaded", args.tp_size, Millis(std::chrono::hours(2)));
+      rt.client->barrier("weights_loaded/" + replica_tag, args.tp_size,
+                         Millis(std::chrono::hours(2)));
       // Every rank must make the same scheduling decisions: one KV pool size and one seed.
       ProcessGroup& world = *rt.state.world;
       const KVPoolSize planned = Scheduler::plan_kv_pool(config, *model);
@@ -430,13 +482,21 @@ int run_scheduler_process(ChildContext& ctx) {
       std::_Exit(3);
     });
 
-    const bool leader = flags.rank == 0;
-    std::optional<MessageSocket> in, out;
+    const bool leader = flags.rank % args.tp_size == 0;
+    const int dp_rank = plain_dp(args) ? replica : -1;
+    std::optional<MessageSocket> in, out, control;
     if (leader) {
+      // Under DP the controller hands this group its requests and takes its load reports and
+      // control answers; outputs always go straight to the main process.
       in.emplace(zmq::socket_type::pull);
-      in->connect(ipc_endpoint(runtime_dir, kSchedulerInputSocket));
+      in->connect(ipc_endpoint(runtime_dir, dp_rank >= 0 ? dp_leader_input_socket(dp_rank)
+                                                         : std::string(kSchedulerInputSocket)));
       out.emplace(zmq::socket_type::push);
       out->connect(ipc_endpoint(runtime_dir, kSchedulerOutputSocket));
+      if (dp_rank >= 0) {
+        control.emplace(zmq::socket_type::push);
+        control->connect(ipc_endpoint(runtime_dir, kDpControllerLoadSocket));
+      }
     }
 
     const KVPoolSize& pool = scheduler.kv_pool_size();
@@ -455,7 +515,8 @@ int run_scheduler_process(ChildContext& ctx) {
                       {"pid", static_cast<int64_t>(getpid())}});
     try {
       SchedulerProcess(scheduler, leader ? &*in : nullptr, leader ? &*out : nullptr,
-                       multi_rank ? rt.state.world.get() : nullptr)
+                       multi_rank ? rt.state.world.get() : nullptr, control ? &*control : nullptr,
+                       dp_rank)
           .run();
     } catch (const DistributedError& e) {
       // A peer rank died or stopped answering: this rank cannot go on alone.

@@ -295,6 +295,7 @@ std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateR
     r.stream = in.stream;
     r.return_logprob = in.sampling_params.return_logprob;
     r.top_logprobs_num = static_cast<int32_t>(in.sampling_params.top_logprobs_num);
+    r.data_parallel_rank = in.data_parallel_rank;
     h->rids_.push_back(rid);
     h->input_ids_.push_back(std::move(ids));
     reqs.push_back(std::move(r));

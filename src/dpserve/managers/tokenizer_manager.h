@@ -60,6 +60,7 @@ struct GenerateReqInput {
   SamplingParams sampling_params{};   // validated by generate()
   bool stream = false;                // the client streams (passed on for logs)
   std::string rid{};                  // request id; empty = a fresh random one
+  int32_t data_parallel_rank = -1;    // DP group to run on (--dp-size > 1); -1 = the controller's
 };
 
 // One output event of a generate call.

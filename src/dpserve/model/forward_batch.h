@@ -10,7 +10,8 @@ namespace dpserve {
 enum class ForwardMode {
   kExtend,  // prefill or chunked prefill: each sequence adds one or more tokens
   kDecode,  // every sequence adds exactly one token
-  kIdle,    // no tokens (a DP group with no work still joins the collectives)
+  kIdle,    // no tokens: under DP attention a group with no work still runs forward (batch_size 0)
+            // so that it joins the MLP's collectives; it computes no attention and no logits
 };
 
 struct ForwardBatch {
@@ -36,6 +37,18 @@ struct ForwardBatch {
   // When true the forward returns logits for every new token; otherwise only for the last new
   // token of each sequence.
   bool return_all_logits = false;
+
+  // DP attention only (ignored otherwise). The tokens of this step, num_tokens(), of every DP
+  // group in attn_dp_rank order: the same vector on every rank of the model instance, with
+  // global_num_tokens[attn_dp_rank] == num_tokens(). The MLP runs over the rows of all groups and
+  // dp_gather places group g's rows at the sum of the counts before g. The scheduler fills it
+  // from its per-step all-gather of (token count, extend flag) (SGLang's prepare_mlp_sync_batch);
+  // empty means the model all-gathers the two numbers over the dp group itself (tests, callers
+  // without a step sync).
+  std::vector<int64_t> global_num_tokens;
+  // DP attention, with global_num_tokens: whether any DP group runs an extend (prefill) this
+  // step; it selects the DP padding mode (SUM_LEN when true).
+  bool is_extend_in_batch = false;
 
   int64_t num_tokens() const { return static_cast<int64_t>(input_ids.size()); }
 };

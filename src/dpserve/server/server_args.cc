@@ -67,6 +67,9 @@ void ServerArgs::add_to(CLI::App& app) {
                  "Tensor-parallel ranks (with --enable-dp-attention: all ranks of all DP groups)")
       ->capture_default_str();
   app.add_option("--dp-size", dp_size, "Data-parallel groups")->capture_default_str();
+  app.add_option("--ep-size,--expert-parallel-size", ep_size,
+                 "Expert-parallel groups for MoE models (must divide --tp-size); 0 = --tp-size")
+      ->capture_default_str();
   app.add_flag("--enable-dp-attention", enable_dp_attention,
                "Data-parallel attention: each DP group attends over its own requests, the MLP "
                "runs over all --tp-size ranks");
@@ -137,6 +140,10 @@ void ServerArgs::validate() const {
 
   if (tp_size < 1) throw_error("--tp-size must be >= 1, got {}", tp_size);
   if (dp_size < 1) throw_error("--dp-size must be >= 1, got {}", dp_size);
+  if (ep_size < 0) throw_error("--ep-size must be >= 0 (0 = --tp-size), got {}", ep_size);
+  if (ep_size > 0 && tp_size % ep_size != 0) {
+    throw_error("--ep-size ({}) must divide --tp-size ({})", ep_size, tp_size);
+  }
   if (nnodes < 1) throw_error("--nnodes must be >= 1, got {}", nnodes);
   if (node_rank < 0 || node_rank >= nnodes) {
     throw_error("--node-rank must be in [0, --nnodes) = [0, {}), got {}", nnodes, node_rank);
@@ -212,9 +219,6 @@ void ServerArgs::validate() const {
 
 void ServerArgs::check_implemented() const {
   constexpr std::string_view kLater = "is not implemented yet";
-  if (dp_size > 1) {
-    throw_error("--dp-size {}: data parallelism {} (use --dp-size 1)", dp_size, kLater);
-  }
   if (enable_dp_attention) {
     throw_error("--enable-dp-attention: DP attention {} (drop the flag)", kLater);
   }
@@ -247,6 +251,7 @@ nlohmann::json ServerArgs::to_json() const {
   j["enable_metrics"] = enable_metrics;
   j["tp_size"] = tp_size;
   j["dp_size"] = dp_size;
+  j["ep_size"] = ep_size;
   j["enable_dp_attention"] = enable_dp_attention;
   j["nnodes"] = nnodes;
   j["dist_timeout"] = dist_timeout;

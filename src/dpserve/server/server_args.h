@@ -40,6 +40,7 @@ struct ServerArgs {
   // Parallelism and nodes.
   int tp_size = 1;                   // --tp-size: tensor-parallel ranks (total ranks under DP attn)
   int dp_size = 1;                   // --dp-size: data-parallel groups
+  int ep_size = 0;                   // --ep-size: expert-parallel groups (MoE); 0 = --tp-size
   bool enable_dp_attention = false;  // --enable-dp-attention: attention DP, MLP over all tp ranks
   int nnodes = 1;                    // --nnodes: number of machines
   int node_rank = 0;                 // --node-rank: this machine's index in [0, nnodes)
