@@ -24,14 +24,11 @@
 #include "dpserve/common/errors.h"
 #include "dpserve/common/thread_pool.h"
 #include "dpserve/model/models/llama.h"
+#include "forward_step.h"
 #include "timed_group.h"
 
 namespace dpserve::bench {
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 constexpr int kWarmupBatch = 4;    // warm-up: sequences ...
 constexpr int kWarmupPrompt = 64;  // ... of this many prompt tokens
@@ -59,37 +56,6 @@ struct Figures {
   double pure_reduce_s = 0;     // per step: all all-reduces, the collective itself
   double reduces = 0;           // all-reduce calls per step
 };
-
-// Appends tokens[b] to sequence b in one forward; returns the seconds it took.
-double step(LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool,
-            std::vector<std::vector<int32_t>>& slots,
-            const std::vector<std::vector<int32_t>>& tokens, std::vector<float>& logits) {
-  ForwardBatch fb;
-  fb.batch_size = static_cast<int>(slots.size());
-  fb.kv_indptr.push_back(0);
-  bool decode = true;
-  for (size_t b = 0; b < slots.size(); ++b) {
-    auto got = kv.alloc(static_cast<int64_t>(tokens[b].size()));
-    DPSERVE_CHECK(got.has_value(), "KV pool too small");
-    const auto prefix = static_cast<int32_t>(slots[b].size());
-    for (size_t i = 0; i < tokens[b].size(); ++i) {
-      fb.input_ids.push_back(tokens[b][i]);
-      fb.positions.push_back(prefix + static_cast<int32_t>(i));
-      fb.out_cache_loc.push_back((*got)[i]);
-    }
-    slots[b].insert(slots[b].end(), got->begin(), got->end());
-    fb.seq_lens.push_back(static_cast<int32_t>(slots[b].size()));
-    fb.extend_prefix_lens.push_back(prefix);
-    fb.extend_seq_lens.push_back(static_cast<int32_t>(tokens[b].size()));
-    fb.kv_indices.insert(fb.kv_indices.end(), slots[b].begin(), slots[b].end());
-    fb.kv_indptr.push_back(static_cast<int32_t>(fb.kv_indices.size()));
-    decode = decode && tokens[b].size() == 1;
-  }
-  fb.mode = decode ? ForwardMode::kDecode : ForwardMode::kExtend;
-  const double t0 = now_s();
-  model.forward(fb, kv, pool, logits);
-  return now_s() - t0;
-}
 
 // One rank of one configuration, kept across rounds.
 struct Rank {
@@ -138,7 +104,7 @@ std::vector<Figures> run_round(Rank& rk, const std::vector<int>& batches, int pr
     }
     Figures f;
     f.batch = b;
-    f.prefill_s = step(model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
+    f.prefill_s = append_step(model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
     moe_stats(model, true);
     if (rk.timer) rk.timer->reset();
     double total = 0;
@@ -148,7 +114,7 @@ std::vector<Figures> run_round(Rank& rk, const std::vector<int>& batches, int pr
         const float* row = rk.logits.data() + int64_t{i} * vocab;
         next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
       }
-      total += step(model, *rk.kv, *rk.pool, slots, next, rk.logits);
+      total += append_step(model, *rk.kv, *rk.pool, slots, next, rk.logits);
     }
     for (auto& sl : slots) rk.kv->free(sl);
     const MoeStats st = moe_stats(model, true);

@@ -20,13 +20,10 @@
 #include "dpserve/common/errors.h"
 #include "dpserve/common/thread_pool.h"
 #include "dpserve/model/models/llama.h"
+#include "forward_step.h"
 
 namespace dpserve::bench {
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // A ProcessGroup that forwards to another and accumulates the seconds spent in each collective.
 // Before each all_reduce_sum it meets the other ranks at a barrier, timed apart: the wait for a
@@ -94,37 +91,6 @@ struct Figures {
   double reduces = 0;   // all_reduce_sum calls per step
 };
 
-// Appends tokens[b] to sequence b in one forward; returns the seconds it took.
-double step(LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool,
-            std::vector<std::vector<int32_t>>& slots,
-            const std::vector<std::vector<int32_t>>& tokens, std::vector<float>& logits) {
-  ForwardBatch fb;
-  fb.batch_size = static_cast<int>(slots.size());
-  fb.kv_indptr.push_back(0);
-  bool decode = true;
-  for (size_t b = 0; b < slots.size(); ++b) {
-    auto got = kv.alloc(static_cast<int64_t>(tokens[b].size()));
-    DPSERVE_CHECK(got.has_value(), "KV pool too small");
-    const auto prefix = static_cast<int32_t>(slots[b].size());
-    for (size_t i = 0; i < tokens[b].size(); ++i) {
-      fb.input_ids.push_back(tokens[b][i]);
-      fb.positions.push_back(prefix + static_cast<int32_t>(i));
-      fb.out_cache_loc.push_back((*got)[i]);
-    }
-    slots[b].insert(slots[b].end(), got->begin(), got->end());
-    fb.seq_lens.push_back(static_cast<int32_t>(slots[b].size()));
-    fb.extend_prefix_lens.push_back(prefix);
-    fb.extend_seq_lens.push_back(static_cast<int32_t>(tokens[b].size()));
-    fb.kv_indices.insert(fb.kv_indices.end(), slots[b].begin(), slots[b].end());
-    fb.kv_indptr.push_back(static_cast<int32_t>(fb.kv_indices.size()));
-    decode = decode && tokens[b].size() == 1;
-  }
-  fb.mode = decode ? ForwardMode::kDecode : ForwardMode::kExtend;
-  const double t0 = now_s();
-  model.forward(fb, kv, pool, logits);
-  return now_s() - t0;
-}
-
 // One rank of one configuration, kept across rounds.
 struct Rank {
   std::unique_ptr<LlamaForCausalLM> model;
@@ -151,7 +117,7 @@ std::vector<Figures> run_round(Rank& rk, const std::vector<int>& batches, int pr
       p.resize(static_cast<size_t>(prompt_len));
       for (auto& v : p) v = tok(rng);
     }
-    step(model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
+    append_step(model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
     if (rk.timer) rk.timer->reset();
     double total = 0;
     for (int s = 0; s < steps; ++s) {
@@ -160,7 +126,7 @@ std::vector<Figures> run_round(Rank& rk, const std::vector<int>& batches, int pr
         const float* row = rk.logits.data() + int64_t{i} * vocab;
         next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
       }
-      total += step(model, *rk.kv, *rk.pool, slots, next, rk.logits);
+      total += append_step(model, *rk.kv, *rk.pool, slots, next, rk.logits);
     }
     for (auto& sl : slots) rk.kv->free(sl);
     Figures f;

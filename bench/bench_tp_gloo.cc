@@ -49,6 +49,7 @@
 #include "dpserve/common/thread_pool.h"
 #include "dpserve/distributed/gloo_group.h"
 #include "dpserve/model/models/llama.h"
+#include "forward_step.h"
 #include "roofline.h"
 #include "timed_group.h"
 
@@ -58,10 +59,6 @@ namespace {
 constexpr int kMaxBatches = 8;  // batch sizes per run (fixed-size results cross a pipe)
 
 // Seconds on the steady clock.
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 // Median of v (0 when empty).
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -163,36 +160,6 @@ struct Rank {
   std::vector<float> logits;                 // the last forward's logits (all vocab)
 };
 
-// Appends tokens[b] to sequence b in one forward; returns the seconds it took.
-double step(Rank& rk, std::vector<std::vector<int32_t>>& slots,
-            const std::vector<std::vector<int32_t>>& tokens) {
-  ForwardBatch fb;
-  fb.batch_size = static_cast<int>(slots.size());
-  fb.kv_indptr.push_back(0);
-  bool decode = true;
-  for (size_t b = 0; b < slots.size(); ++b) {
-    auto got = rk.kv->alloc(static_cast<int64_t>(tokens[b].size()));
-    DPSERVE_CHECK(got.has_value(), "KV pool too small");
-    const auto prefix = static_cast<int32_t>(slots[b].size());
-    for (size_t i = 0; i < tokens[b].size(); ++i) {
-      fb.input_ids.push_back(tokens[b][i]);
-      fb.positions.push_back(prefix + static_cast<int32_t>(i));
-      fb.out_cache_loc.push_back((*got)[i]);
-    }
-    slots[b].insert(slots[b].end(), got->begin(), got->end());
-    fb.seq_lens.push_back(static_cast<int32_t>(slots[b].size()));
-    fb.extend_prefix_lens.push_back(prefix);
-    fb.extend_seq_lens.push_back(static_cast<int32_t>(tokens[b].size()));
-    fb.kv_indices.insert(fb.kv_indices.end(), slots[b].begin(), slots[b].end());
-    fb.kv_indptr.push_back(static_cast<int32_t>(fb.kv_indices.size()));
-    decode = decode && tokens[b].size() == 1;
-  }
-  fb.mode = decode ? ForwardMode::kDecode : ForwardMode::kExtend;
-  const double t0 = now_s();
-  rk.model->forward(fb, *rk.kv, *rk.pool, rk.logits);
-  return now_s() - t0;
-}
-
 // Median and 10th percentile of `reps` calls of fn (after a barrier that lines the ranks up).
 std::pair<double, double> time_calls(ProcessGroup& g, int reps, const std::function<void()>& fn) {
   g.barrier();
@@ -228,7 +195,7 @@ RoundResult run_round(Rank& rk, const Options& o, const std::vector<int>& batche
       p.resize(static_cast<size_t>(o.prompt_len));
       for (auto& v : p) v = tok(rng);
     }
-    f.prefill_s = step(rk, slots, prompts);
+    f.prefill_s = append_step(*rk.model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
     if (rk.timer) rk.timer->reset();
     double total = 0;
     for (int s = 0; s < steps; ++s) {
@@ -237,7 +204,7 @@ RoundResult run_round(Rank& rk, const Options& o, const std::vector<int>& batche
         const float* row = rk.logits.data() + int64_t{i} * vocab;
         next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
       }
-      total += step(rk, slots, next);
+      total += append_step(*rk.model, *rk.kv, *rk.pool, slots, next, rk.logits);
     }
     for (auto& sl : slots) rk.kv->free(sl);
     f.step_s = total / steps;

@@ -52,8 +52,6 @@ std::vector<pid_t> children_of(pid_t pid) {
   return out;
 }
 
-bool alive(pid_t pid) { return ::kill(pid, 0) == 0; }
-
 // Waits until every pid is gone (reaped by its parent or init); false after `timeout`.
 bool all_gone(const std::vector<pid_t>& pids, milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;

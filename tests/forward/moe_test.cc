@@ -19,62 +19,33 @@
 #include "dpserve/common/errors.h"
 #include "forward_test_util.h"
 #include "thread_group.h"
+#include "tp_model.h"
 
 namespace dpserve {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::read_json;
 using testing::Seq;
 using testing::ThreadGroup;
+using testing::TpModel;
 using testing::Work;
 
 const std::string kModels = std::string(DPSERVE_SHARED_DIR) + "/models/";
 const std::string kStories = kModels + "stories260K";
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  EXPECT_TRUE(f.good()) << path;
-  return nlohmann::json::parse(f);
-}
-
-// One model instance, KV pool and thread pool per rank, all on one WeightStore.
-struct EpModel {
+// TpModel with expert parallelism `ep` and the expert path `impl`.
+struct EpModel : TpModel {
   EpModel(const std::string& dir, int tp, int ep = 0, MoeImpl impl = MoeImpl::kFused,
-          int threads = 1) {
-    const ModelConfig config = ModelConfig::from_dir(dir);
-    auto weights = std::make_shared<const WeightStore>(dir);
-    groups = ThreadGroup::create(tp);
+          int threads = 1)
+      : TpModel(dir, tp, moe_options(ep, impl), threads) {}
+
+  static ModelOptions moe_options(int ep, MoeImpl impl) {
     ModelOptions opt;
-    opt.show_progress = false;
-    opt.tp_size = tp;
     opt.ep_size = ep;
     opt.moe_impl = impl;
-    for (int r = 0; r < tp; ++r) {
-      opt.tp_rank = r;
-      opt.tp_group = tp > 1 ? groups[r].get() : nullptr;
-      models.push_back(std::make_unique<LlamaForCausalLM>(config, weights, opt));
-      kvs.push_back(models.back()->make_kv_pool(1024));
-      pools.push_back(std::make_unique<ThreadPool>(threads));
-    }
+    return opt;
   }
-  int tp() const { return static_cast<int>(models.size()); }
-  int64_t vocab() const { return models[0]->config().vocab_size; }
-
-  // Runs fn(model, kv, pool) on every rank's thread; returns rank 0's result after checking
-  // that every rank returned the same value.
-  template <typename Fn>
-  auto run(const Fn& fn) {
-    using R = decltype(fn(*models[0], kvs[0], *pools[0]));
-    std::vector<R> out(models.size());
-    testing::run_ranks(groups, [&](int r) { out[r] = fn(*models[r], kvs[r], *pools[r]); });
-    for (int r = 1; r < tp(); ++r) EXPECT_TRUE(out[r] == out[0]) << "rank " << r << " differs";
-    return out[0];
-  }
-
-  std::vector<std::unique_ptr<ThreadGroup>> groups;
-  std::vector<std::unique_ptr<LlamaForCausalLM>> models;
-  std::vector<KVPool> kvs;
-  std::vector<std::unique_ptr<ThreadPool>> pools;
 };
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {

@@ -473,19 +473,9 @@ TEST_F(OpenAITest, BadInputsGetOpenAIErrorsAndTheServerKeepsServing) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const std::string answer =
-        dpserve_test::raw_http(server_->port(), dpserve_test::post_request(c.path, c.body));
-    ASSERT_THAT(answer, HasSubstr("HTTP/1.1 " + std::to_string(c.status)));
-    const size_t body_at = answer.find("\r\n\r\n");
-    ASSERT_NE(body_at, std::string::npos);
-    const json err = json::parse(answer.substr(body_at + 4), nullptr, false);
-    ASSERT_TRUE(err.is_object()) << answer;
-    EXPECT_EQ(err["error"]["code"], c.status);
-    EXPECT_THAT(err["error"]["message"].get<std::string>(), HasSubstr(c.message));
-    EXPECT_TRUE(err["error"]["type"].is_string());
-    if (!c.param.empty()) {
-      EXPECT_EQ(err["error"]["param"], c.param);
-    }
+    dpserve_test::expect_api_error(
+        dpserve_test::raw_http(server_->port(), dpserve_test::post_request(c.path, c.body)),
+        c.status, c.message, c.param);
   }
   // GET on a POST-only route is a 404 with an OpenAI body too.
   httplib::Client cl = server_->client();

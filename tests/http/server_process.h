@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -176,6 +178,23 @@ inline CommandResult run_command(const std::string& cmd, bool with_stderr = fals
   while (p != nullptr && (n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = p != nullptr ? ::pclose(p) : -1;
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+// Checks that a raw HTTP answer has status `status` and an OpenAI-style error body whose message
+// contains `message` (and whose param is `param`, when given).
+inline void expect_api_error(const std::string& answer, int status, const std::string& message,
+                             const std::string& param = "") {
+  ASSERT_THAT(answer, ::testing::HasSubstr("HTTP/1.1 " + std::to_string(status)));
+  const size_t body_at = answer.find("\r\n\r\n");
+  ASSERT_NE(body_at, std::string::npos);
+  const nlohmann::json err = nlohmann::json::parse(answer.substr(body_at + 4), nullptr, false);
+  ASSERT_TRUE(err.is_object()) << answer;
+  EXPECT_EQ(err["error"]["code"], status);
+  EXPECT_THAT(err["error"]["message"].get<std::string>(), ::testing::HasSubstr(message));
+  EXPECT_TRUE(err["error"]["type"].is_string());
+  if (!param.empty()) {
+    EXPECT_EQ(err["error"]["param"], param);
+  }
 }
 
 // The "data: ..." payloads of an SSE body, in order.

@@ -358,8 +358,6 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
     const char* message;
   };
   const Case cases[] = {
-      {[](ServerArgs& a) { a.enable_dp_attention = true; },
-       "--enable-dp-attention: DP attention is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "float32"; },
        "--dtype float32: converting weights is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "bfloat16"; }, "--dtype bfloat16"},
@@ -370,6 +368,13 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
     EXPECT_THAT(implemented_error(sa), HasSubstr(c.message));
   }
   EXPECT_EQ(implemented_error(valid()), "");
+}
+
+TEST(ServerArgs, DpAttentionIsImplemented) {
+  ServerArgs sa =
+      parse({"--model-path", "/m", "--tp-size", "4", "--dp-size", "2", "--enable-dp-attention"});
+  EXPECT_EQ(validate_error(sa), "");
+  EXPECT_EQ(implemented_error(sa), "");
 }
 
 TEST(ServerArgs, TensorParallelAndMultiNodeAreImplemented) {

@@ -58,7 +58,9 @@ RankLauncher::RankLauncher(const ServerArgs& args, const std::vector<std::string
   // Plain DP: --dp-size replicas of --tp-size ranks, behind the DataParallelController.
   const bool plain_dp = args.dp_size > 1 && !args.enable_dp_attention;
   world_size_ = args.tp_size * (plain_dp ? args.dp_size : 1);
-  if (plain_dp && args.node_rank == 0) {
+  // DP attention: one instance of --tp-size ranks, in --dp-size DP groups, also behind the
+  // controller (each group's leader reads from it).
+  if (args.dp_size > 1 && args.node_rank == 0) {
     // The controller binds the leaders' sockets; it starts first so they find them.
     controller_ = std::make_unique<ChildProcess>(ChildSpec{
         .role = kDpControllerRole,
@@ -103,6 +105,9 @@ RankLauncher::RankLauncher(const ServerArgs& args, const std::vector<std::string
     std::string name =
         world_size_ > 1 ? fmt::format("scheduler rank {}", r) : std::string("scheduler process");
     if (plain_dp) name += fmt::format(" (DP group {})", r / args.tp_size);
+    if (!plain_dp && args.enable_dp_attention && args.dp_size > 1) {
+      name += fmt::format(" (DP group {})", r / (args.tp_size / args.dp_size));
+    }
     ranks_.push_back(std::make_unique<ChildProcess>(
         ChildSpec{.role = kSchedulerRole, .args = std::move(child_args), .name = name}));
     spdlog::info("{} started (pid {})", name, ranks_.back()->pid());

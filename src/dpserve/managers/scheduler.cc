@@ -253,6 +253,14 @@ std::vector<RequestOutput> Scheduler::step() {
   step_batch_size_.store(0);
   step_started_ns_.store(now_ns());
   std::optional<ScheduleBatch> batch = get_next_batch_to_run();
+  if (!batch && dp_sync_) {
+    // DP attention: this group has nothing to run, but the others may; then it joins their
+    // MLP collectives with an idle forward.
+    const DpStepCounts counts = dp_sync_(0, false);
+    last_global_num_tokens_ = 0;
+    for (const int64_t n : counts.global_num_tokens) last_global_num_tokens_ += n;
+    if (last_global_num_tokens_ > 0) run_idle_batch(counts);
+  }
   if (batch) {
     run_batch(*batch);
   } else if (live_.empty()) {
@@ -272,7 +280,14 @@ std::vector<RequestOutput> Scheduler::step() {
 }
 
 void Scheduler::run_batch(ScheduleBatch& batch) {
-  const ForwardBatch fb = batch.to_forward_batch();
+  ForwardBatch fb = batch.to_forward_batch();
+  if (dp_sync_) {
+    DpStepCounts counts = dp_sync_(fb.num_tokens(), batch.mode == ForwardMode::kExtend);
+    last_global_num_tokens_ = 0;
+    for (const int64_t n : counts.global_num_tokens) last_global_num_tokens_ += n;
+    fb.global_num_tokens = std::move(counts.global_num_tokens);
+    fb.is_extend_in_batch = counts.is_extend_in_batch;
+  }
   step_is_decode_.store(batch.mode == ForwardMode::kDecode);
   step_batch_size_.store(fb.batch_size);
   step_num_tokens_.store(fb.num_tokens());
@@ -287,6 +302,16 @@ void Scheduler::run_batch(ScheduleBatch& batch) {
     stats_.num_prefill_tokens += fb.num_tokens();
     process_prefill_result(batch, logits_);
   }
+}
+
+void Scheduler::run_idle_batch(const DpStepCounts& counts) {
+  ForwardBatch fb;
+  fb.mode = ForwardMode::kIdle;
+  fb.kv_indptr = {0};
+  fb.global_num_tokens = counts.global_num_tokens;
+  fb.is_extend_in_batch = counts.is_extend_in_batch;
+  model_->forward(fb, kv_, pool_, logits_);
+  ++stats_.num_idle_batches;
 }
 
 void Scheduler::process_prefill_result(ScheduleBatch& batch, std::vector<float>& logits) {

@@ -68,11 +68,19 @@ struct SchedulerConfig {
   void validate() const;
 };
 
+// DP attention: every DP group's token count this step (attn_dp_rank order) and whether any
+// group runs an extend; the answer of a step's sync (see Scheduler::set_dp_sync).
+struct DpStepCounts {
+  std::vector<int64_t> global_num_tokens;  // one entry per DP group
+  bool is_extend_in_batch = false;         // some group prefills this step
+};
+
 // Counters for tests, logs and later /get_server_info.
 struct SchedulerStats {
   int64_t num_steps = 0;             // step() calls that ran a forward
   int64_t num_prefill_batches = 0;   // prefill (extend) forwards
   int64_t num_decode_batches = 0;    // decode forwards
+  int64_t num_idle_batches = 0;      // DP attention: idle forwards (other groups had tokens)
   int64_t num_prefill_tokens = 0;    // prompt tokens actually computed (cache hits excluded)
   int64_t num_decode_tokens = 0;     // tokens computed by decode forwards
   int64_t num_cached_tokens = 0;     // prompt tokens served from the radix cache or siblings
@@ -90,6 +98,9 @@ class Scheduler {
   using WatchdogCallback = std::function<void(int64_t step, double seconds)>;
   // Test hook run inside every step after the forward, with the step number.
   using StepHook = std::function<void(int64_t step)>;
+  // DP attention: called once per step with this group's token count and extend flag (0, false
+  // without a batch); returns every group's counts (a collective over all ranks of the instance).
+  using DpSync = std::function<DpStepCounts(int64_t num_tokens, bool is_extend)>;
 
   // Sizes the KV pool from config (throws dpserve::Error naming a bad flag), builds the paged
   // allocator, radix cache and sampler, and starts the watchdog. The model is used by this
@@ -132,6 +143,12 @@ class Scheduler {
   void set_watchdog_callback(WatchdogCallback cb);
   // Test hook run inside each step (e.g. to force a slow step).
   void set_step_hook(StepHook hook) { step_hook_ = std::move(hook); }
+  // DP attention: every step() syncs its counts through `sync` right before the forward, even
+  // without local work (then it runs an idle forward when another group has tokens, and nothing
+  // when none has). Unset (the default): no sync, no idle forwards.
+  void set_dp_sync(DpSync sync) { dp_sync_ = std::move(sync); }
+  // DP attention: the total tokens of all groups in the last step's sync (0 without a sync).
+  int64_t last_global_num_tokens() const { return last_global_num_tokens_; }
 
   // Counters (a copy: the watchdog's count is updated from its own thread).
   SchedulerStats stats() const;
@@ -170,6 +187,7 @@ class Scheduler {
   // scheduler.cc: batch execution and results.
   std::optional<ScheduleBatch> get_next_batch_to_run();
   void run_batch(ScheduleBatch& batch);
+  void run_idle_batch(const DpStepCounts& counts);
   void process_prefill_result(ScheduleBatch& batch, std::vector<float>& logits);
   void process_decode_result(ScheduleBatch& batch, std::vector<float>& logits);
   void sample_and_check(std::vector<Req*>& rows, std::vector<float>& logits);
@@ -233,6 +251,8 @@ class Scheduler {
   std::thread loop_thread_;
   OutputCallback output_callback_;
   StepHook step_hook_;
+  DpSync dp_sync_;                      // DP attention only
+  int64_t last_global_num_tokens_ = 0;  // DP attention: the last sync's total
 
   // Watchdog.
   std::mutex watchdog_mu_;

@@ -75,23 +75,28 @@ std::vector<Message> unpack_inputs(std::string_view bytes) {
   return msgs;
 }
 
-// The loop of one scheduler rank. The leader (tp rank 0) owns the sockets: it reads the step's
-// inputs and, with more ranks, broadcasts them over the TP group (SGLang's broadcast_pyobj), so
-// every rank applies the same inputs in the same order and runs the same batch; only the leader
+// The loop of one scheduler rank. The leader (rank 0 of its input group: the TP group, or under
+// DP attention its DP group's attn_tp group) owns the sockets: it reads the step's inputs and,
+// with more ranks, broadcasts them over that group (SGLang's broadcast_pyobj), so every rank of
+// the group applies the same inputs in the same order and runs the same batch; only the leader
 // sends outputs and answers. A follower gets its inputs from that broadcast alone.
 class SchedulerProcess {
  public:
-  // `in`/`out` are null on followers; `tp_group` is null (or of size 1) with one rank.
-  // `control` (a DP group leader's socket to the DataParallelController, else null) carries
-  // load reports and the answers to control requests, tagged with `dp_rank`.
+  // `in`/`out` are null on followers; `tp_group` (the input group) is null (or of size 1) with
+  // one rank. `control` (a DP group leader's socket to the DataParallelController, else null)
+  // carries load reports and the answers to control requests, tagged with `dp_rank`.
+  // `step_always` (DP attention): step every iteration, since each step's sync is a collective
+  // of all ranks.
   SchedulerProcess(Scheduler& scheduler, MessageSocket* in, MessageSocket* out,
-                   ProcessGroup* tp_group, MessageSocket* control = nullptr, int dp_rank = -1)
+                   ProcessGroup* tp_group, MessageSocket* control = nullptr, int dp_rank = -1,
+                   bool step_always = false)
       : scheduler_(scheduler),
         in_(in),
         out_(out),
         tp_group_(tp_group),
         control_(control),
-        dp_rank_(dp_rank) {
+        dp_rank_(dp_rank),
+        step_always_(step_always) {
     DPSERVE_CHECK(is_leader() == (in_ != nullptr && out_ != nullptr),
                   "only the leader rank owns the scheduler sockets");
     DPSERVE_CHECK(control_ == nullptr || (is_leader() && dp_rank_ >= 0),
@@ -102,14 +107,20 @@ class SchedulerProcess {
   [[noreturn]] void run() {
     bool was_busy = false;
     for (;;) {
-      const bool busy = scheduler_.has_work();
+      // DP attention: while any group computed last step, no rank waits for inputs (the others
+      // would wait for it in the next sync); when all are idle, every leader waits a while.
+      const bool busy =
+          scheduler_.has_work() || (step_always_ && scheduler_.last_global_num_tokens() > 0);
       for (Message& msg : next_inputs(busy)) handle(std::move(msg));
       report_load();
       if (!out_batch_.outputs.empty()) flush_outputs();
-      if (scheduler_.has_work()) {
-        was_busy = true;
+      const bool local_work = scheduler_.has_work();
+      if (local_work || step_always_) {
         for (RequestOutput& o : scheduler_.step()) add_output(std::move(o));
         flush_outputs();
+      }
+      if (local_work) {
+        was_busy = true;
       } else if (was_busy) {
         was_busy = false;
         // Idle: the memory accounting must balance (SGLang's self_check_during_idle).
@@ -280,6 +291,7 @@ class SchedulerProcess {
     j["stats"] = {{"num_steps", s.num_steps},
                   {"num_prefill_batches", s.num_prefill_batches},
                   {"num_decode_batches", s.num_decode_batches},
+                  {"num_idle_batches", s.num_idle_batches},
                   {"num_prefill_tokens", s.num_prefill_tokens},
                   {"num_decode_tokens", s.num_decode_tokens},
                   {"num_cached_tokens", s.num_cached_tokens},
@@ -297,6 +309,7 @@ class SchedulerProcess {
   ProcessGroup* tp_group_;  // null with one rank
   MessageSocket* control_;  // DP group leader: to the controller; else null
   int dp_rank_;             // the DP group this leader serves; -1 without a controller
+  bool step_always_;        // DP attention: step (and sync) every iteration
   std::optional<LoadReporter> reporter_;  // load reports to the controller
   BatchTokenIdOut out_batch_;
   std::unordered_map<std::string, int64_t> live_;  // rid -> unfinished sequences
@@ -416,6 +429,30 @@ int64_t agree_min(ProcessGroup& group, int64_t value) {
   return *std::min_element(all.begin(), all.end());
 }
 
+// DP attention's per-step sync (SGLang's prepare_mlp_sync_batch): all-gathers (tokens, extend)
+// over the world, one value per rank, and keeps each DP group's attn_tp rank 0 value.
+Scheduler::DpSync make_dp_sync(const ParallelState& ps) {
+  ProcessGroup* world = ps.world.get();
+  const int groups = ps.dp_size;
+  const int per_group = ps.attn_tp_size;
+  return [world, groups, per_group](int64_t num_tokens, bool is_extend) {
+    const std::vector<int64_t> all = world->all_gather_i64(num_tokens * 2 + (is_extend ? 1 : 0));
+    DPSERVE_CHECK(static_cast<int>(all.size()) == groups * per_group,
+                  "DP sync: {} values for {} groups of {}", all.size(), groups, per_group);
+    DpStepCounts counts;
+    for (int g = 0; g < groups; ++g) {
+      const int64_t v = all[static_cast<size_t>(g * per_group)];
+      for (int i = 1; i < per_group; ++i) {
+        DPSERVE_CHECK(all[static_cast<size_t>(g * per_group + i)] == v,
+                      "DP sync: the ranks of DP group {} chose different batches", g);
+      }
+      counts.global_num_tokens.push_back(v >> 1);
+      counts.is_extend_in_batch = counts.is_extend_in_batch || (v & 1) != 0;
+    }
+    return counts;
+  };
+}
+
 }  // namespace
 
 int run_scheduler_process(ChildContext& ctx) {
@@ -440,6 +477,7 @@ int run_scheduler_process(ChildContext& ctx) {
     if (config.num_threads == 0) config.num_threads = default_rank_threads(flags.local_ranks);
     config.validate();
     const bool multi_rank = args.tp_size > 1;  // this rank computes with others
+    const bool dp_attention = args.enable_dp_attention && multi_rank;
     const int replica = plain_dp(args) ? flags.rank / args.tp_size : 0;
     const std::string replica_tag = fmt::format("replica{}", replica);
     RankRuntime rt;
@@ -452,6 +490,12 @@ int run_scheduler_process(ChildContext& ctx) {
       mopt.tp_group = rt.state.tp.get();
       mopt.ep_size = args.ep_size;
       mopt.show_progress = flags.rank == 0;
+      if (dp_attention) {
+        mopt.enable_dp_attention = true;
+        mopt.dp_size = args.dp_size;
+        mopt.attn_tp_group = rt.state.attn_tp.get();
+        mopt.dp_group = rt.state.dp.get();
+      }
     }
     std::shared_ptr<LlamaForCausalLM> model = make_model(args.model_path, config, mopt);
     std::shared_ptr<const Tokenizer> tokenizer(load_tokenizer(args.effective_tokenizer_path()));
@@ -482,8 +526,12 @@ int run_scheduler_process(ChildContext& ctx) {
       std::_Exit(3);
     });
 
-    const bool leader = flags.rank % args.tp_size == 0;
-    const int dp_rank = plain_dp(args) ? replica : -1;
+    if (dp_attention) scheduler.set_dp_sync(make_dp_sync(rt.state));
+    // Under DP attention each DP group has a leader (its attn_tp rank 0, should_run_publisher).
+    const bool leader = dp_attention ? rt.state.attn_tp_rank == 0 : flags.rank % args.tp_size == 0;
+    const int dp_rank = plain_dp(args)                     ? replica
+                        : dp_attention && args.dp_size > 1 ? rt.state.attn_dp_rank
+                                                           : -1;
     std::optional<MessageSocket> in, out, control;
     if (leader) {
       // Under DP the controller hands this group its requests and takes its load reports and
@@ -514,9 +562,11 @@ int run_scheduler_process(ChildContext& ctx) {
                       {"rank", flags.rank},
                       {"pid", static_cast<int64_t>(getpid())}});
     try {
-      SchedulerProcess(scheduler, leader ? &*in : nullptr, leader ? &*out : nullptr,
-                       multi_rank ? rt.state.world.get() : nullptr, control ? &*control : nullptr,
-                       dp_rank)
+      ProcessGroup* input_group = !multi_rank    ? nullptr
+                                  : dp_attention ? rt.state.attn_tp.get()
+                                                 : rt.state.world.get();
+      SchedulerProcess(scheduler, leader ? &*in : nullptr, leader ? &*out : nullptr, input_group,
+                       control ? &*control : nullptr, dp_rank, dp_attention)
           .run();
     } catch (const DistributedError& e) {
       // A peer rank died or stopped answering: this rank cannot go on alone.

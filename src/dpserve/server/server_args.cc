@@ -219,9 +219,6 @@ void ServerArgs::validate() const {
 
 void ServerArgs::check_implemented() const {
   constexpr std::string_view kLater = "is not implemented yet";
-  if (enable_dp_attention) {
-    throw_error("--enable-dp-attention: DP attention {} (drop the flag)", kLater);
-  }
   if (dtype != "auto") {
     throw_error("--dtype {}: converting weights {}; --dtype auto keeps the checkpoint's type",
                 dtype, kLater);
