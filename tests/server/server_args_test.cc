@@ -361,6 +361,14 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
       {[](ServerArgs& a) { a.dtype = "float32"; },
        "--dtype float32: converting weights is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "bfloat16"; }, "--dtype bfloat16"},
+      {[](ServerArgs& a) {
+         a.tp_size = 4;
+         a.dp_size = 2;
+         a.enable_dp_attention = true;
+         a.nnodes = 2;
+         a.node_0_address = "h";
+       },
+       "DP attention across machines is not implemented yet"},
   };
   for (const Case& c : cases) {
     ServerArgs sa = valid();

@@ -219,6 +219,13 @@ void ServerArgs::validate() const {
 
 void ServerArgs::check_implemented() const {
   constexpr std::string_view kLater = "is not implemented yet";
+  if (enable_dp_attention && dp_size > 1 && nnodes > 1) {
+    // The DP group leaders talk to the controller over ipc:// sockets on node 0.
+    throw_error(
+        "--enable-dp-attention with --dp-size {} over --nnodes {}: DP attention across "
+        "machines {} (run it on one node, or use --tp-size across nodes)",
+        dp_size, nnodes, kLater);
+  }
   if (dtype != "auto") {
     throw_error("--dtype {}: converting weights {}; --dtype auto keeps the checkpoint's type",
                 dtype, kLater);
