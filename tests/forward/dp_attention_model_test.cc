@@ -25,6 +25,7 @@
 namespace dpserve {
 namespace {
 
+using testing::build_batch;
 using testing::Seq;
 using testing::ThreadGroup;
 using testing::Work;
@@ -164,36 +165,6 @@ bool step_extends(const std::vector<Item>& step) {
     if (it.tokens.size() > 1) return true;
   }
   return false;
-}
-
-// The ForwardBatch of one step (testing::step's layout); an empty step is an idle batch.
-ForwardBatch build_batch(KVPool& kv, const std::vector<Work>& work) {
-  ForwardBatch fb;
-  fb.batch_size = static_cast<int>(work.size());
-  fb.kv_indptr.push_back(0);
-  bool decode = true;
-  for (const Work& w : work) {
-    auto slots = kv.alloc(static_cast<int64_t>(w.new_tokens.size()));
-    EXPECT_TRUE(slots.has_value());
-    const auto prefix = static_cast<int32_t>(w.seq->tokens.size());
-    for (size_t i = 0; i < w.new_tokens.size(); ++i) {
-      fb.input_ids.push_back(w.new_tokens[i]);
-      fb.positions.push_back(prefix + static_cast<int32_t>(i));
-      fb.out_cache_loc.push_back((*slots)[i]);
-    }
-    w.seq->tokens.insert(w.seq->tokens.end(), w.new_tokens.begin(), w.new_tokens.end());
-    w.seq->slots.insert(w.seq->slots.end(), slots->begin(), slots->end());
-    fb.seq_lens.push_back(static_cast<int32_t>(w.seq->tokens.size()));
-    fb.extend_prefix_lens.push_back(prefix);
-    fb.extend_seq_lens.push_back(static_cast<int32_t>(w.new_tokens.size()));
-    fb.kv_indices.insert(fb.kv_indices.end(), w.seq->slots.begin(), w.seq->slots.end());
-    fb.kv_indptr.push_back(static_cast<int32_t>(fb.kv_indices.size()));
-    decode = decode && w.new_tokens.size() == 1;
-  }
-  fb.mode = work.empty() ? ForwardMode::kIdle
-            : decode     ? ForwardMode::kDecode
-                         : ForwardMode::kExtend;
-  return fb;
 }
 
 struct ScriptResult {

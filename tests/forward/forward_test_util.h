@@ -24,19 +24,17 @@ struct Work {
   std::vector<int32_t> new_tokens;
 };
 
-// Runs one forward over all `work` in a single batch; returns the logits (rows per
-// LlamaForCausalLM::forward) and appends the new tokens and slots to each sequence.
-inline std::vector<float> step(LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool,
-                               const std::vector<Work>& work, bool all_logits) {
+// The ForwardBatch of one step over all `work` (allocating KV slots and appending the new tokens
+// and slots to each sequence); no work gives an idle batch (DP attention).
+inline ForwardBatch build_batch(KVPool& kv, const std::vector<Work>& work) {
   ForwardBatch fb;
   fb.batch_size = static_cast<int>(work.size());
-  fb.return_all_logits = all_logits;
-  bool decode = true;
   fb.kv_indptr.push_back(0);
+  bool decode = true;
   for (const Work& w : work) {
     auto slots = kv.alloc(static_cast<int64_t>(w.new_tokens.size()));
     EXPECT_TRUE(slots.has_value());
-    const int32_t prefix = static_cast<int32_t>(w.seq->tokens.size());
+    const auto prefix = static_cast<int32_t>(w.seq->tokens.size());
     for (size_t i = 0; i < w.new_tokens.size(); ++i) {
       fb.input_ids.push_back(w.new_tokens[i]);
       fb.positions.push_back(prefix + static_cast<int32_t>(i));
@@ -51,7 +49,18 @@ inline std::vector<float> step(LlamaForCausalLM& model, KVPool& kv, ThreadPool& 
     fb.kv_indptr.push_back(static_cast<int32_t>(fb.kv_indices.size()));
     decode = decode && w.new_tokens.size() == 1;
   }
-  fb.mode = decode ? ForwardMode::kDecode : ForwardMode::kExtend;
+  fb.mode = work.empty() ? ForwardMode::kIdle
+            : decode     ? ForwardMode::kDecode
+                         : ForwardMode::kExtend;
+  return fb;
+}
+
+// Runs one forward over all `work` in a single batch; returns the logits (rows per
+// LlamaForCausalLM::forward) and appends the new tokens and slots to each sequence.
+inline std::vector<float> step(LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool,
+                               const std::vector<Work>& work, bool all_logits) {
+  ForwardBatch fb = build_batch(kv, work);
+  fb.return_all_logits = all_logits;
   return model.forward(fb, kv, pool);
 }
 

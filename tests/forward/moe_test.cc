@@ -25,6 +25,7 @@ namespace dpserve {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::mixed_batches;
 using testing::read_json;
 using testing::Seq;
 using testing::ThreadGroup;
@@ -83,38 +84,6 @@ std::vector<int32_t> greedy(EpModel& m, const std::vector<int32_t>& prompt, int 
                             const std::vector<int>& chunks = {0}) {
   return m.run([&](LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool) {
     return testing::greedy(model, kv, pool, prompt, max_new, {1, 2}, chunks);
-  });
-}
-
-// Every step's logits of a mixed workload: four prompts prefilled in one batch, then batches that
-// mix their decodes with a fifth sequence's prompt chunks, then decodes of all five.
-std::vector<std::vector<float>> mixed_batches(EpModel& m) {
-  const int64_t vocab = m.vocab();
-  return m.run([&](LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool) {
-    const std::vector<std::vector<int32_t>> prompts = {
-        {1, 403, 407, 261, 378}, {1, 410, 469}, {1, 403, 407, 261, 378, 432, 383, 286}, {1}};
-    const std::vector<int32_t> late = {1, 286, 261, 376, 410, 469, 407, 403, 378};
-    std::vector<Seq> seqs(5);
-    std::vector<std::vector<float>> steps;
-    std::vector<Work> work;
-    for (size_t s = 0; s < prompts.size(); ++s) work.push_back({&seqs[s], prompts[s]});
-    work.push_back({&seqs[4], {late.begin(), late.begin() + 3}});
-    steps.push_back(testing::step(model, kv, pool, work, false));
-    for (int i = 0; i < 5; ++i) {
-      const auto& lg = steps.back();
-      work.clear();
-      for (size_t s = 0; s < 4; ++s) {
-        work.push_back({&seqs[s], {testing::argmax_row(lg, static_cast<int64_t>(s), vocab)}});
-      }
-      if (i < 2) {
-        work.push_back({&seqs[4], {late.begin() + 3 * (i + 1), late.begin() + 3 * (i + 2)}});
-      } else {
-        work.push_back({&seqs[4], {testing::argmax_row(lg, 4, vocab)}});
-      }
-      steps.push_back(testing::step(model, kv, pool, work, false));
-    }
-    for (auto& s : seqs) kv.free(s.slots);
-    return steps;
   });
 }
 

@@ -13,6 +13,7 @@
 
 #include "dpserve/common/thread_pool.h"
 #include "dpserve/model/models/llama.h"
+#include "forward_test_util.h"
 #include "thread_group.h"
 
 namespace dpserve::testing {
@@ -60,5 +61,38 @@ struct TpModel {
   std::vector<KVPool> kvs;
   std::vector<std::unique_ptr<ThreadPool>> pools;
 };
+
+// Every step's logits of a mixed workload on every rank: four prompts prefilled in one batch with
+// a fifth sequence's first prompt chunk, then batches that mix their decodes with the fifth's
+// remaining chunks, then decodes of all five. Tokens fed back are greedy from the step's logits.
+inline std::vector<std::vector<float>> mixed_batches(TpModel& m) {
+  const int64_t vocab = m.vocab();
+  return m.run([&](LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool) {
+    const std::vector<std::vector<int32_t>> prompts = {
+        {1, 403, 407, 261, 378}, {1, 410, 469}, {1, 403, 407, 261, 378, 432, 383, 286}, {1}};
+    const std::vector<int32_t> late = {1, 286, 261, 376, 410, 469, 407, 403, 378};
+    std::vector<Seq> seqs(5);
+    std::vector<std::vector<float>> steps;
+    std::vector<Work> work;
+    for (size_t s = 0; s < prompts.size(); ++s) work.push_back({&seqs[s], prompts[s]});
+    work.push_back({&seqs[4], {late.begin(), late.begin() + 3}});
+    steps.push_back(step(model, kv, pool, work, false));
+    for (int i = 0; i < 5; ++i) {
+      const auto& lg = steps.back();
+      work.clear();
+      for (size_t s = 0; s < 4; ++s) {
+        work.push_back({&seqs[s], {argmax_row(lg, static_cast<int64_t>(s), vocab)}});
+      }
+      if (i < 2) {  // the late sequence's prompt, in chunks of 3, mixed with decodes
+        work.push_back({&seqs[4], {late.begin() + 3 * (i + 1), late.begin() + 3 * (i + 2)}});
+      } else {
+        work.push_back({&seqs[4], {argmax_row(lg, 4, vocab)}});
+      }
+      steps.push_back(step(model, kv, pool, work, false));
+    }
+    for (auto& s : seqs) kv.free(s.slots);
+    return steps;
+  });
+}
 
 }  // namespace dpserve::testing

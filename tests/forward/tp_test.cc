@@ -20,6 +20,7 @@
 namespace dpserve {
 namespace {
 
+using testing::mixed_batches;
 using testing::read_json;
 using testing::Seq;
 using testing::ThreadGroup;
@@ -54,39 +55,6 @@ std::vector<int32_t> greedy(TpModel& m, const std::vector<int32_t>& prompt, int 
                             const std::vector<int32_t>& stop, const std::vector<int>& chunks) {
   return m.run([&](LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool) {
     return testing::greedy(model, kv, pool, prompt, max_new, stop, chunks);
-  });
-}
-
-// Every step's logits of a mixed workload: one batch prefilling four sequences (the fourth only
-// gets its first part), then batches mixing decode of three with the fourth's remaining prompt
-// chunks, then decode of all four. Tokens fed back are greedy from the step's own logits.
-std::vector<std::vector<float>> mixed_batches(TpModel& m) {
-  const int64_t vocab = m.vocab();
-  return m.run([&](LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool) {
-    const std::vector<std::vector<int32_t>> prompts = {
-        {1, 403, 407, 261, 378}, {1, 410, 469}, {1, 403, 407, 261, 378, 432, 383, 286}, {1}};
-    const std::vector<int32_t> late = {1, 286, 261, 376, 410, 469, 407, 403, 378};
-    std::vector<Seq> seqs(5);
-    std::vector<std::vector<float>> steps;
-    std::vector<Work> work;
-    for (size_t s = 0; s < prompts.size(); ++s) work.push_back({&seqs[s], prompts[s]});
-    work.push_back({&seqs[4], {late.begin(), late.begin() + 3}});
-    steps.push_back(testing::step(model, kv, pool, work, false));
-    for (int i = 0; i < 5; ++i) {
-      const auto& lg = steps.back();
-      work.clear();
-      for (size_t s = 0; s < 4; ++s) {
-        work.push_back({&seqs[s], {testing::argmax_row(lg, static_cast<int64_t>(s), vocab)}});
-      }
-      if (i < 2) {  // the late sequence's prompt, in chunks of 3, mixed with decodes
-        work.push_back({&seqs[4], {late.begin() + 3 * (i + 1), late.begin() + 3 * (i + 2)}});
-      } else {
-        work.push_back({&seqs[4], {testing::argmax_row(lg, 4, vocab)}});
-      }
-      steps.push_back(testing::step(model, kv, pool, work, false));
-    }
-    for (auto& s : seqs) kv.free(s.slots);
-    return steps;
   });
 }
 
