@@ -15,6 +15,9 @@ printed as a note instead).
 
 --markdown prints the runs as a markdown table (for docs/benchmarks.md); it needs no matplotlib.
 
+Comparing configurations: give files as LABEL=path (e.g. "tp 2=tp2_c8.json"); runs with the same
+label form one series, and each panel shows every series' output tok/s, TTFT median and ITL median.
+
 Tool dependency only: matplotlib (Debian package `python3-matplotlib`, `apt-get install
 python3-matplotlib`). Neither the build nor the tests need it.
 """
@@ -34,6 +37,46 @@ def load(paths):
         runs.append((cap, j))
     runs.sort(key=lambda r: r[0])
     return runs
+
+
+def plot_compare(args, plt):
+    series = {}
+    for spec in args.files:
+        label, _, path = spec.partition("=")
+        series.setdefault(label, []).append(path)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = [("output throughput", "tokens / s", lambda m: m["output_throughput"], False),
+              ("time to first token, median", "ms", lambda m: m["ttft_ms"]["median"], True),
+              ("inter-token latency, median", "ms", lambda m: m["itl_ms"]["median"], True)]
+    loads = []
+    caps = set()
+    for label, paths in series.items():
+        runs = load(paths)
+        x = [c for c, _ in runs]
+        caps.update(x)
+        loads += [j.get(k, -1) for _, j in runs for k in ("load_average_start", "load_average_end")]
+        for ax, (_, _, value, _) in zip(axes, panels):
+            ax.plot(x, [value(j["metrics"]) for _, j in runs], "o-", label=label)
+    for ax, (title, unit, _, logy) in zip(axes, panels):
+        if logy:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(caps))
+        ax.set_xticklabels([str(c) for c in sorted(caps)])
+        ax.set_xlabel("max concurrency")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("{}  (load average {:.1f}-{:.1f})".format(args.title or "comparison", min(loads),
+                                                           max(loads)))
+    fig.tight_layout()
+    if os.path.dirname(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    print("wrote", args.out)
 
 
 def print_markdown(runs):
@@ -62,6 +105,14 @@ def main():
     ap.add_argument("--title", default=None, help="figure title (default: model and dataset)")
     args = ap.parse_args()
 
+    if all("=" in f for f in args.files):
+        if not args.out:
+            sys.exit("comparing labelled runs needs --out")
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        plot_compare(args, plt)
+        return
     runs = load(args.files)
     if args.markdown:
         print_markdown(runs)
