@@ -23,11 +23,6 @@ using json = nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-json reference() {
-  std::ifstream in(kStories + "/reference_outputs.json");
-  return json::parse(in);
-}
-
 // Greedy ids of /generate for `text` ({} on failure).
 std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, int n) {
   httplib::Client c = s.client();
@@ -97,7 +92,7 @@ TEST_P(DpAttentionServe, GroupsServeTheReferenceAndShareTheLoad) {
   ServerProcess server({"--tp-size", std::to_string(tp), "--dp-size", "2", "--enable-dp-attention",
                         "--max-total-tokens", "4096", "--load-balance-method", "round_robin"});
   ASSERT_TRUE(server.wait_healthy(seconds(90))) << server.log();
-  const json ref = reference();
+  const json ref = reference_outputs();
   const auto want = ref["greedy"]["ids"].get<std::vector<int>>();
   const auto got = concurrent_greedy(server, ref["prompt_text"], 16);
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want) << "client " << i;
@@ -161,7 +156,7 @@ TEST(DpAttentionServeMoe, MixtralUpcycledGreedyEqualsStories) {
                         "--max-total-tokens", "4096", "--load-balance-method", "round_robin"},
                        model);
   ASSERT_TRUE(server.wait_healthy(seconds(90))) << server.log();
-  const json ref = reference();
+  const json ref = reference_outputs();
   const auto want = ref["greedy"]["ids"].get<std::vector<int>>();
   const auto got = concurrent_greedy(server, ref["prompt_text"], 4);
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want) << "client " << i;

@@ -16,11 +16,6 @@ using json = nlohmann::json;
 using std::chrono::seconds;
 using ::testing::HasSubstr;
 
-json reference() {
-  std::ifstream in(kStories + "/reference_outputs.json");
-  return json::parse(in);
-}
-
 // /generate greedy for the reference prompt, optionally pinned to a DP group.
 httplib::Result generate(ServerProcess& s, const std::string& prompt, int n, int dp_rank = -1) {
   json body = {{"text", prompt}, {"sampling_params", {{"max_new_tokens", n}, {"temperature", 0}}}};
@@ -46,7 +41,7 @@ TEST_P(DpServe, ReplicasServeTheReferenceAndShareTheLoad) {
   ServerProcess server({"--dp-size", "2", "--tp-size", std::to_string(tp), "--max-total-tokens",
                         "4096", "--load-balance-method", "round_robin"});
   ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
-  const json ref = reference();
+  const json ref = reference_outputs();
   const auto want = ref["greedy"]["ids"].get<std::vector<int>>();
   std::vector<std::vector<int>> got(16);
   std::vector<std::thread> clients;
@@ -80,7 +75,7 @@ INSTANTIATE_TEST_SUITE_P(Dp2, DpServe, ::testing::Values(1, 2),
 TEST(DpServeRouting, ExplicitRankIsHonouredAndCheckedAtTheDoor) {
   ServerProcess server({"--dp-size", "2", "--max-total-tokens", "4096"});
   ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
-  const json ref = reference();
+  const json ref = reference_outputs();
   for (int i = 0; i < 5; ++i) {
     auto r = generate(server, ref["prompt_text"], 8, 1);
     ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "no answer");

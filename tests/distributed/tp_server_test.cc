@@ -25,11 +25,6 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
 
-json reference() {
-  std::ifstream in(kStories + "/reference_outputs.json");
-  return json::parse(in);
-}
-
 // Greedy ids of /generate for `text`.
 std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, int n) {
   httplib::Client c = s.client();
@@ -82,7 +77,7 @@ TEST_P(TpServe, GreedyEqualsReference) {
   const int tp = GetParam();
   ServerProcess server({"--tp-size", std::to_string(tp), "--max-total-tokens", "4096"});
   ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
-  const json ref = reference();
+  const json ref = reference_outputs();
   EXPECT_EQ(greedy_ids(server, ref["prompt_text"], 32),
             ref["greedy"]["ids"].get<std::vector<int>>());
 
@@ -113,7 +108,7 @@ INSTANTIATE_TEST_SUITE_P(Tp, TpServe, ::testing::Values(2, 4),
 // each expert split over both ranks) reproduces stories260K's greedy text, as its upcycling must.
 TEST(TpServeMoe, MixtralUpcycledGreedyEqualsStories) {
   const std::string model = DPSERVE_SHARED_DIR "/models/stories260K-mixtral-4x";
-  const json ref = reference();
+  const json ref = reference_outputs();
   for (const char* ep : {"0", "1"}) {
     ServerProcess server({"--tp-size", "2", "--ep-size", ep, "--max-total-tokens", "4096"}, model);
     ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
@@ -167,7 +162,7 @@ TEST(MultiNode, LoopbackTwoNodesServeAndStopTogether) {
   ServerProcess node0(with({"--node-rank", "0"}));
   ASSERT_TRUE(node0.wait_healthy(seconds(60))) << node0.log() << node1.log();
   ASSERT_TRUE(node1.wait_healthy(seconds(10))) << node1.log();
-  const json ref = reference();
+  const json ref = reference_outputs();
   EXPECT_EQ(greedy_ids(node0, ref["prompt_text"], 32),
             ref["greedy"]["ids"].get<std::vector<int>>());
 
@@ -365,7 +360,7 @@ TEST(MultiNode, TwoNetworkNamespaces) {
     if (!healthy) std::this_thread::sleep_for(milliseconds(100));
   }
   ASSERT_TRUE(healthy) << read_file(log0) << read_file(log1);
-  const json ref = reference();
+  const json ref = reference_outputs();
   const json req = {
       {"model", kStories}, {"prompt", ref["prompt_text"]}, {"max_tokens", 32}, {"temperature", 0}};
   const auto r = run_command(curl + "/v1/completions -H 'Content-Type: application/json' -d '" +

@@ -24,6 +24,7 @@
 namespace {
 
 using dpserve_test::kStories;
+using dpserve_test::offline_outputs;
 using dpserve_test::ServerProcess;
 using nlohmann::json;
 
@@ -45,25 +46,6 @@ std::string missing_sdk() {
            " (install it with: npm install --prefix " + npm_dir() + " openai@5)";
   }
   return "";
-}
-
-// Runs the offline engine on JSON lines; one result per output sequence, with its prompt.
-std::vector<json> offline(const std::vector<json>& lines, bool chat) {
-  const std::string path = ::testing::TempDir() + "/sdk_offline_" + (chat ? "chat" : "cmpl") +
-                           std::to_string(::getpid()) + ".jsonl";
-  {
-    std::ofstream out(path);
-    for (const json& l : lines) out << l.dump() << "\n";
-  }
-  const auto r =
-      dpserve_test::run_command(std::string(DPSERVE_BINARY) + " generate --model-path " + kStories +
-                                " --prompts-file " + path + (chat ? " --chat" : ""));
-  EXPECT_EQ(r.exit_code, 0);
-  std::vector<json> out;
-  std::istringstream in(r.out);
-  std::string line;
-  while (std::getline(in, line)) out.push_back(json::parse(line));
-  return out;
 }
 
 class OpenAISdkTest : public ::testing::Test {
@@ -110,7 +92,7 @@ class OpenAISdkTest : public ::testing::Test {
     for (const auto* groups : {&completion, &chat}) {
       std::vector<json> lines;
       for (const Group& g : *groups) lines.push_back(g.line);
-      const std::vector<json> out = offline(lines, groups == &chat);
+      const std::vector<json> out = offline_outputs(lines, groups == &chat);
       size_t k = 0;
       for (const Group& g : *groups) {
         const int64_t n = g.line["sampling_params"].value("n", 1);

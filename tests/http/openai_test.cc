@@ -21,36 +21,12 @@
 namespace {
 
 using dpserve_test::kStories;
+using dpserve_test::offline_outputs;
+using dpserve_test::reference_outputs;
 using dpserve_test::ServerProcess;
 using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-json reference() {
-  std::ifstream in(kStories + "/reference_outputs.json");
-  return json::parse(in);
-}
-
-// Runs the offline engine on JSON lines {"text", "sampling_params"} (chat: each text is one
-// user message through the chat template); one result per output sequence.
-std::vector<json> offline(const std::vector<json>& lines, bool chat = false) {
-  static int counter = 0;
-  const std::string path =
-      ::testing::TempDir() + "/openai_offline_" + std::to_string(counter++) + ".jsonl";
-  {
-    std::ofstream out(path);
-    for (const json& l : lines) out << l.dump() << "\n";
-  }
-  const auto r =
-      dpserve_test::run_command(std::string(DPSERVE_BINARY) + " generate --model-path " + kStories +
-                                " --prompts-file " + path + (chat ? " --chat" : ""));
-  EXPECT_EQ(r.exit_code, 0);
-  std::vector<json> out;
-  std::istringstream in(r.out);
-  std::string line;
-  while (std::getline(in, line)) out.push_back(json::parse(line));
-  return out;
-}
 
 // One answer of a /v1 route, streamed or not, reduced to what both forms share.
 struct Answer {
@@ -72,35 +48,8 @@ class OpenAITest : public ::testing::Test {
   }
   static void TearDownTestSuite() { server_.reset(); }
 
-  static json server_info() {
-    httplib::Client c = server_->client();
-    auto r = c.Get("/get_server_info");
-    EXPECT_TRUE(r && r->status == 200);
-    return r ? json::parse(r->body) : json::object();
-  }
-
-  // Waits for idle, checks the memory accounting, flushes the cache: every KV page is free.
-  static void expect_all_pages_free() {
-    json info;
-    for (int i = 0; i < 500; ++i) {
-      info = server_info();
-      const json& s = info["internal_states"][0];
-      if (info["num_live_requests"] == 0 && s["num_running_reqs"] == 0 &&
-          s["num_waiting_reqs"] == 0) {
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    EXPECT_EQ(info["num_live_requests"], 0);
-    EXPECT_EQ(info["internal_states"][0]["memory_check"], "");
-    httplib::Client c = server_->client();
-    auto f = c.Post("/flush_cache");
-    ASSERT_TRUE(f);
-    EXPECT_EQ(f->status, 200) << f->body;
-    const json after = server_info()["internal_states"][0];
-    EXPECT_EQ(after["all_pages_free"], true) << after.dump();
-    EXPECT_EQ(after["num_free_pages"], after["num_pages"]);
-  }
+  static json server_info() { return dpserve_test::server_info(*server_); }
+  static void expect_all_pages_free() { dpserve_test::expect_all_pages_free(*server_); }
 
   static std::string model() { return kStories; }
 
@@ -183,7 +132,7 @@ TEST_F(OpenAITest, ModelsListsTheServedModel) {
 }
 
 TEST_F(OpenAITest, GreedyCompletionMatchesTheReference) {
-  const json ref = reference();
+  const json ref = reference_outputs();
   const std::string prompt = ref["prompt_text"];
   for (bool stream : {false, true}) {
     SCOPED_TRACE(stream ? "stream" : "non-stream");
@@ -223,7 +172,7 @@ TEST_F(OpenAITest, GreedyCompletionMatchesTheReference) {
 
 TEST_F(OpenAITest, ChatFromAnEmptyMessageMatchesTheBosOnlyReference) {
   // stories260K's template renders "<s>" + the trimmed contents: an empty message is BOS alone.
-  const std::string expected = reference()["greedy_from_bos_only"]["text"];
+  const std::string expected = reference_outputs()["greedy_from_bos_only"]["text"];
   for (bool stream : {false, true}) {
     SCOPED_TRACE(stream ? "stream" : "non-stream");
     json req = {{"model", model()},
@@ -277,7 +226,7 @@ TEST_F(OpenAITest, OutputsEqualTheOfflineEngine) {
   for (bool chat : {false, true}) {
     std::vector<json> lines;
     for (const Case& c : cases) lines.push_back({{"text", c.text}, {"sampling_params", c.sglang}});
-    const std::vector<json> expected = offline(lines, chat);
+    const std::vector<json> expected = offline_outputs(lines, chat);
     ASSERT_EQ(expected.size(), cases.size() + 1);  // n = 2 gives two lines
     size_t e = 0;
     for (const Case& c : cases) {
@@ -520,7 +469,7 @@ TEST_F(OpenAITest, ConcurrentMixedClientsGetTheOfflineOutputs) {
                      {"sampling_params",
                       {{"temperature", 0.7}, {"seed", 500 + i}, {"max_new_tokens", 10 + 2 * i}}}});
   }
-  const std::vector<json> expected = offline(lines);
+  const std::vector<json> expected = offline_outputs(lines);
   ASSERT_EQ(expected.size(), lines.size());
   std::vector<std::string> got(lines.size());
   std::vector<std::thread> threads;
@@ -558,7 +507,8 @@ TEST_F(OpenAITest, CurlChatCompletion) {
   ASSERT_EQ(r.exit_code, 0);
   const json body = json::parse(r.out);
   const std::string text = body["choices"][0]["message"]["content"];
-  EXPECT_THAT(reference()["greedy_from_bos_only"]["text"].get<std::string>(), StartsWith(text));
+  EXPECT_THAT(reference_outputs()["greedy_from_bos_only"]["text"].get<std::string>(),
+              StartsWith(text));
   const auto s = dpserve_test::run_command(
       "curl -sN " + url +
       " -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"stream\": true, "

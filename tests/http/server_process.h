@@ -197,6 +197,68 @@ inline void expect_api_error(const std::string& answer, int status, const std::s
   }
 }
 
+// stories260K's reference_outputs.json (the float64 reference the tests compare against).
+inline nlohmann::json reference_outputs() {
+  std::ifstream in(kStories + "/reference_outputs.json");
+  return nlohmann::json::parse(in);
+}
+
+// Runs the offline engine (`dpserve generate --prompts-file`, with --chat when asked) on JSON
+// lines {"text", "sampling_params"}; one result per output sequence. The prompts file is unique
+// per process and call: CTest runs one binary's tests as parallel processes.
+inline std::vector<nlohmann::json> offline_outputs(const std::vector<nlohmann::json>& lines,
+                                                   bool chat = false) {
+  static int calls = 0;
+  const std::string path = ::testing::TempDir() + "/offline_prompts_" + std::to_string(::getpid()) +
+                           "_" + std::to_string(calls++) + ".jsonl";
+  {
+    std::ofstream out(path);
+    for (const nlohmann::json& l : lines) out << l.dump() << "\n";
+  }
+  const auto r = run_command(std::string(DPSERVE_BINARY) + " generate --model-path " + kStories +
+                             " --prompts-file " + path + (chat ? " --chat" : ""));
+  EXPECT_EQ(r.exit_code, 0);
+  std::vector<nlohmann::json> out;
+  std::istringstream in(r.out);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// GET /get_server_info of `server` (a test failure if it does not answer 200).
+inline nlohmann::json server_info(const ServerProcess& server) {
+  httplib::Client c = server.client();
+  auto r = c.Get("/get_server_info");
+  EXPECT_TRUE(r && r->status == 200);
+  return r ? nlohmann::json::parse(r->body) : nlohmann::json::object();
+}
+
+// Waits until no request is live, checks the memory accounting and, after a cache flush, that
+// every KV page is free.
+inline void expect_all_pages_free(const ServerProcess& server) {
+  nlohmann::json info;
+  for (int i = 0; i < 500; ++i) {
+    info = server_info(server);
+    const nlohmann::json& s = info["internal_states"][0];
+    if (info["num_live_requests"] == 0 && s["num_running_reqs"] == 0 &&
+        s["num_waiting_reqs"] == 0) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const nlohmann::json& s = info["internal_states"][0];
+  EXPECT_EQ(info["num_live_requests"], 0);
+  EXPECT_EQ(s["num_running_reqs"], 0);
+  EXPECT_EQ(s["memory_check"], "") << s.dump();
+  httplib::Client c = server.client();
+  auto f = c.Post("/flush_cache");
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->status, 200) << f->body;
+  const nlohmann::json after = server_info(server)["internal_states"][0];
+  EXPECT_EQ(after["all_pages_free"], true) << after.dump();
+  EXPECT_EQ(after["num_free_pages"], after["num_pages"]);
+}
+
 // The "data: ..." payloads of an SSE body, in order.
 inline std::vector<std::string> sse_payloads(const std::string& body) {
   std::vector<std::string> out;

@@ -19,6 +19,8 @@
 namespace {
 
 using dpserve_test::kStories;
+using dpserve_test::offline_outputs;
+using dpserve_test::reference_outputs;
 using dpserve_test::ServerProcess;
 using nlohmann::json;
 using ::testing::HasSubstr;
@@ -33,6 +35,9 @@ class ServerTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { server_.reset(); }
 
+  static json server_info() { return dpserve_test::server_info(*server_); }
+  static void expect_all_pages_free() { dpserve_test::expect_all_pages_free(*server_); }
+
   // POST /generate with a JSON body; returns (status, parsed body or the raw text).
   static std::pair<int, json> generate(const json& body) {
     httplib::Client c = server_->client();
@@ -41,71 +46,13 @@ class ServerTest : public ::testing::Test {
     return {r->status, json::parse(r->body, nullptr, false)};
   }
 
-  static json server_info() {
-    httplib::Client c = server_->client();
-    auto r = c.Get("/get_server_info");
-    EXPECT_TRUE(r && r->status == 200);
-    return json::parse(r->body);
-  }
-
-  // Waits until no request is live, then checks the memory accounting and, after a cache
-  // flush, that every KV page is free.
-  static void expect_all_pages_free() {
-    json info;
-    for (int i = 0; i < 500; ++i) {
-      info = server_info();
-      const json& s = info["internal_states"][0];
-      if (info["num_live_requests"] == 0 && s["num_running_reqs"] == 0 &&
-          s["num_waiting_reqs"] == 0) {
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    const json& s = info["internal_states"][0];
-    EXPECT_EQ(info["num_live_requests"], 0);
-    EXPECT_EQ(s["num_running_reqs"], 0);
-    EXPECT_EQ(s["memory_check"], "") << s.dump();
-    httplib::Client c = server_->client();
-    auto f = c.Post("/flush_cache");
-    ASSERT_TRUE(f);
-    EXPECT_EQ(f->status, 200) << f->body;
-    const json after = server_info()["internal_states"][0];
-    EXPECT_EQ(after["all_pages_free"], true) << after.dump();
-    EXPECT_EQ(after["num_free_pages"], after["num_pages"]);
-  }
-
   static std::unique_ptr<ServerProcess> server_;
 };
 
 std::unique_ptr<ServerProcess> ServerTest::server_;
 
-json reference() {
-  std::ifstream in(kStories + "/reference_outputs.json");
-  return json::parse(in);
-}
-
-// Runs the offline engine on JSON lines {"text", "sampling_params"}; one result per line.
-std::vector<json> offline(const std::vector<json>& lines) {
-  // One file per process and call: CTest runs this binary's tests as parallel processes.
-  static int calls = 0;
-  const std::string path = ::testing::TempDir() + "/http_offline_prompts_" +
-                           std::to_string(::getpid()) + "_" + std::to_string(calls++) + ".jsonl";
-  {
-    std::ofstream out(path);
-    for (const json& l : lines) out << l.dump() << "\n";
-  }
-  const auto r = dpserve_test::run_command(std::string(DPSERVE_BINARY) + " generate --model-path " +
-                                           kStories + " --prompts-file " + path);
-  EXPECT_EQ(r.exit_code, 0);
-  std::vector<json> out;
-  std::istringstream in(r.out);
-  std::string line;
-  while (std::getline(in, line)) out.push_back(json::parse(line));
-  return out;
-}
-
 TEST_F(ServerTest, GenerateGreedyMatchesReference) {
-  const json ref = reference();
+  const json ref = reference_outputs();
   const std::string prompt = ref["prompt_text"];
   auto [status, body] = generate(
       {{"text", prompt}, {"sampling_params", {{"max_new_tokens", 32}, {"temperature", 0}}}});
@@ -171,7 +118,7 @@ TEST_F(ServerTest, SeededSamplingAndStopStringsMatchOfflineEngine) {
        {"sampling_params",
         {{"temperature", 0}, {"stop", {"Lily", "park"}}, {"max_new_tokens", 60}}}},
   };
-  const std::vector<json> expected = offline(lines);
+  const std::vector<json> expected = offline_outputs(lines);
   ASSERT_EQ(expected.size(), lines.size());
   for (size_t i = 0; i < lines.size(); ++i) {
     SCOPED_TRACE(lines[i].dump());
@@ -300,7 +247,7 @@ TEST_F(ServerTest, SixteenConcurrentClientsGetTheOfflineOutputs) {
     lines.push_back(
         {{"text", starts[static_cast<size_t>(i) % starts.size()]}, {"sampling_params", sp}});
   }
-  const std::vector<json> expected = offline(lines);
+  const std::vector<json> expected = offline_outputs(lines);
   ASSERT_EQ(expected.size(), 16u);
   std::vector<std::string> got(16);
   std::vector<std::thread> threads;
@@ -397,7 +344,8 @@ TEST_F(ServerTest, CurlRequests) {
       "\"sampling_params\": {\"max_new_tokens\": 32, \"temperature\": 0}}'");
   ASSERT_EQ(r.exit_code, 0);
   const json body = json::parse(r.out);
-  EXPECT_EQ("Once upon a time" + body["text"].get<std::string>(), reference()["greedy"]["text"]);
+  EXPECT_EQ("Once upon a time" + body["text"].get<std::string>(),
+            reference_outputs()["greedy"]["text"]);
 
   const auto s = dpserve_test::run_command(
       "curl -sN " + url +

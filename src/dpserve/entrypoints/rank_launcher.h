@@ -54,12 +54,6 @@ class RankLauncher {
 
   // The local ranks' pids, then the controller's (for the signal handler).
   std::vector<pid_t> pids() const;
-  // The coordinator, on node 0 of a multi-rank launch; null otherwise.
-  Coordinator* coordinator() { return coordinator_.get(); }
-  // Global ranks in the world.
-  int world_size() const { return world_size_; }
-  // The address Gloo uses on this node ("127.0.0.1" on one node).
-  const std::string& gloo_host() const { return gloo_host_; }
 
  private:
   int world_size_ = 1;
