@@ -90,35 +90,19 @@ MoeStats moe_stats(LlamaForCausalLM& model, bool reset) {
 std::vector<Figures> run_round(Rank& rk, const std::vector<int>& batches, int prompt_len, int steps,
                                uint32_t seed) {
   LlamaForCausalLM& model = *rk.model;
-  const int64_t vocab = model.config().vocab_size;
   std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> tok(
-      3, static_cast<int32_t>(std::min<int64_t>(vocab, 150000) - 1));
   std::vector<Figures> out;
   for (int b : batches) {
-    std::vector<std::vector<int32_t>> slots(static_cast<size_t>(b));
-    std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(b));
-    for (auto& p : prompts) {
-      p.resize(static_cast<size_t>(prompt_len));
-      for (auto& v : p) v = tok(rng);
-    }
     Figures f;
     f.batch = b;
-    f.prefill_s = append_step(model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
-    moe_stats(model, true);
-    if (rk.timer) rk.timer->reset();
-    double total = 0;
-    for (int s = 0; s < steps; ++s) {
-      std::vector<std::vector<int32_t>> next(static_cast<size_t>(b));
-      for (int i = 0; i < b; ++i) {
-        const float* row = rk.logits.data() + int64_t{i} * vocab;
-        next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
-      }
-      total += append_step(model, *rk.kv, *rk.pool, slots, next, rk.logits);
-    }
-    for (auto& sl : slots) rk.kv->free(sl);
+    const DecodeTimes t = greedy_decode_run(model, *rk.kv, *rk.pool, rk.logits, b, prompt_len,
+                                            steps, 149999, rng, [&] {
+                                              moe_stats(model, true);
+                                              if (rk.timer) rk.timer->reset();
+                                            });
+    f.prefill_s = t.prefill_s;
     const MoeStats st = moe_stats(model, true);
-    f.step_s = total / steps;
+    f.step_s = t.decode_s / steps;
     f.moe_s = st.seconds / steps;
     f.reduce_s = st.reduce_seconds / steps;
     f.active_experts = static_cast<double>(st.active_experts) / steps;

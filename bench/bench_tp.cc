@@ -104,34 +104,16 @@ struct Rank {
 // runs the same steps (greedy tokens from identical logits).
 std::vector<Figures> run_round(Rank& rk, const std::vector<int>& batches, int prompt_len, int steps,
                                uint32_t seed) {
-  LlamaForCausalLM& model = *rk.model;
-  const int64_t vocab = model.config().vocab_size;
   std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> tok(
-      3, static_cast<int32_t>(std::min<int64_t>(vocab, 32000) - 1));
   std::vector<Figures> out;
   for (int b : batches) {
-    std::vector<std::vector<int32_t>> slots(static_cast<size_t>(b));
-    std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(b));
-    for (auto& p : prompts) {
-      p.resize(static_cast<size_t>(prompt_len));
-      for (auto& v : p) v = tok(rng);
-    }
-    append_step(model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
-    if (rk.timer) rk.timer->reset();
-    double total = 0;
-    for (int s = 0; s < steps; ++s) {
-      std::vector<std::vector<int32_t>> next(static_cast<size_t>(b));
-      for (int i = 0; i < b; ++i) {
-        const float* row = rk.logits.data() + int64_t{i} * vocab;
-        next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
-      }
-      total += append_step(model, *rk.kv, *rk.pool, slots, next, rk.logits);
-    }
-    for (auto& sl : slots) rk.kv->free(sl);
+    const DecodeTimes t = greedy_decode_run(*rk.model, *rk.kv, *rk.pool, rk.logits, b, prompt_len,
+                                            steps, 31999, rng, [&] {
+                                              if (rk.timer) rk.timer->reset();
+                                            });
     Figures f;
     f.batch = b;
-    f.step_s = total / steps;
+    f.step_s = t.decode_s / steps;
     if (rk.timer) {
       f.wait_s = rk.timer->wait_s / steps;
       f.reduce_s = rk.timer->all_reduce_s / steps;

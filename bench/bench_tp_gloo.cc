@@ -182,32 +182,17 @@ RoundResult run_round(Rank& rk, const Options& o, const std::vector<int>& batche
   const int64_t vocab = cfg.vocab_size;
   const int64_t hidden = cfg.hidden_size;
   std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> tok(
-      3, static_cast<int32_t>(std::min<int64_t>(vocab, 32000) - 1));
   RoundResult res;
   if (rk.timer) rk.timer->set_split_wait(split_wait);
   for (int b : batches) {
     BatchResult& f = res.b[res.n++];
     f.batch = b;
-    std::vector<std::vector<int32_t>> slots(static_cast<size_t>(b));
-    std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(b));
-    for (auto& p : prompts) {
-      p.resize(static_cast<size_t>(o.prompt_len));
-      for (auto& v : p) v = tok(rng);
-    }
-    f.prefill_s = append_step(*rk.model, *rk.kv, *rk.pool, slots, prompts, rk.logits);
-    if (rk.timer) rk.timer->reset();
-    double total = 0;
-    for (int s = 0; s < steps; ++s) {
-      std::vector<std::vector<int32_t>> next(static_cast<size_t>(b));
-      for (int i = 0; i < b; ++i) {
-        const float* row = rk.logits.data() + int64_t{i} * vocab;
-        next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
-      }
-      total += append_step(*rk.model, *rk.kv, *rk.pool, slots, next, rk.logits);
-    }
-    for (auto& sl : slots) rk.kv->free(sl);
-    f.step_s = total / steps;
+    const DecodeTimes t = greedy_decode_run(*rk.model, *rk.kv, *rk.pool, rk.logits, b, o.prompt_len,
+                                            steps, 31999, rng, [&] {
+                                              if (rk.timer) rk.timer->reset();
+                                            });
+    f.prefill_s = t.prefill_s;
+    f.step_s = t.decode_s / steps;
     if (!rk.timer) continue;
     for (int op = 0; op < kNumCollectiveOps; ++op) {
       const OpTime& t = rk.timer->time(static_cast<CollectiveOp>(op));

@@ -1,9 +1,13 @@
 #pragma once
-// What the model benchmarks share: a monotonic clock in seconds and one forward that appends
-// tokens to sequences whose KV slots the benchmark tracks itself (no scheduler in the way).
+// What the model benchmarks share: a monotonic clock in seconds, one forward that appends tokens
+// to sequences whose KV slots the benchmark tracks itself (no scheduler in the way), and a greedy
+// decode run built on it.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <random>
 #include <vector>
 
 #include "dpserve/common/errors.h"
@@ -50,6 +54,44 @@ inline double append_step(LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool,
   const double t0 = now_s();
   model.forward(fb, kv, pool, logits);
   return now_s() - t0;
+}
+
+// Seconds of one greedy decode run (greedy_decode_run).
+struct DecodeTimes {
+  double prefill_s = 0;  // the forward of all prompts
+  double decode_s = 0;   // all decode steps together
+};
+
+// One greedy run of `batch` random prompts of `prompt_len` tokens drawn from [3, max_token] with
+// `rng`: one prefill forward, `on_prefilled` (reset counters there), then `steps` decode forwards,
+// each feeding back every row's argmax; the KV slots are freed at the end. Every rank of a group
+// running it with the same seed runs the same steps (identical logits give identical tokens).
+inline DecodeTimes greedy_decode_run(LlamaForCausalLM& model, KVPool& kv, ThreadPool& pool,
+                                     std::vector<float>& logits, int batch, int prompt_len,
+                                     int steps, int32_t max_token, std::mt19937& rng,
+                                     const std::function<void()>& on_prefilled = {}) {
+  const int64_t vocab = model.config().vocab_size;
+  std::uniform_int_distribution<int32_t> tok(
+      3, static_cast<int32_t>(std::min<int64_t>(vocab - 1, max_token)));
+  std::vector<std::vector<int32_t>> slots(static_cast<size_t>(batch));
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(batch));
+  for (auto& p : prompts) {
+    p.resize(static_cast<size_t>(prompt_len));
+    for (auto& v : p) v = tok(rng);
+  }
+  DecodeTimes t;
+  t.prefill_s = append_step(model, kv, pool, slots, prompts, logits);
+  if (on_prefilled) on_prefilled();
+  for (int s = 0; s < steps; ++s) {
+    std::vector<std::vector<int32_t>> next(static_cast<size_t>(batch));
+    for (int i = 0; i < batch; ++i) {
+      const float* row = logits.data() + int64_t{i} * vocab;
+      next[i] = {static_cast<int32_t>(std::max_element(row, row + vocab) - row)};
+    }
+    t.decode_s += append_step(model, kv, pool, slots, next, logits);
+  }
+  for (auto& sl : slots) kv.free(sl);
+  return t;
 }
 
 }  // namespace dpserve::bench
