@@ -10,7 +10,13 @@ PACKAGES=(
   libopenblas-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libsentencepiece-dev libpcre2-dev
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libcpp-httplib-dev libgloo-dev
+  # libsodium (already a dependency of libzmq3-dev, named because dpserve calls it directly):
+  # Argon2id derives the cluster's CURVE keys from --cluster-secret, the field's standard.
+  libsodium-dev
   python3 python3-numpy iproute2
+  # clang 14 with libFuzzer and the sanitizer runtimes: tools/fuzz.sh and .ci/run's second stage
+  # (the g++ sanitizer build uses g++'s own libasan / libubsan, installed with g++).
+  clang-14 libclang-rt-14-dev ccache
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -49,11 +49,20 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
+// Every coordinator and client here shares one cluster secret; the children get it through the
+// environment, as a server's ranks do (the refusals of strangers: cluster_secret_test).
+const char* const kSecret = "coordinator-test-secret";
+// The longest a child may take to start, derive the secret's keys and connect (a loaded
+// machine is slow; a healthy one takes well under a second).
+const Millis kChildStart(15000);
+
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     spdlog::set_level(spdlog::level::warn);
+    ::setenv("DPSERVE_CLUSTER_SECRET", kSecret, 1);
     CoordinatorOptions o;
+    o.secret = ClusterSecret(kSecret);
     o.host = "127.0.0.1";
     o.port = 0;
     o.heartbeat_interval = Millis(100);
@@ -79,6 +88,7 @@ class CoordinatorTest : public ::testing::Test {
     CoordinatorClientOptions o;
     o.address = coordinator_->endpoint();
     o.dist_timeout = Millis(2000);
+    o.secret = ClusterSecret(kSecret);
     return o;
   }
 
@@ -99,7 +109,7 @@ class CoordinatorTest : public ::testing::Test {
     args.insert(args.end(), fingerprint.begin(), fingerprint.end());
     ChildProcess& c = spawn("rank", args);
     if (out != nullptr) *out = &c;
-    return c.wait_ready(Millis(5000));
+    return c.wait_ready(kChildStart);
   }
 
   // Waits until `n` ranks were reported dead; false on timeout.
@@ -190,7 +200,7 @@ TEST_F(CoordinatorTest, SameRankTwiceIsRefusedWhileAlive) {
 
 TEST_F(CoordinatorTest, BlockingGetAcrossProcesses) {
   ChildProcess& echo = spawn("echo", {coordinator_->endpoint(), "in", "out", "5000"});
-  echo.wait_ready(Millis(5000));
+  echo.wait_ready(kChildStart);
   CoordinatorClient client(client_options());
   std::this_thread::sleep_for(Millis(200));  // the child is blocked in get("in") by now
   EXPECT_FALSE(client.check({"in"}));
@@ -221,7 +231,7 @@ TEST_F(CoordinatorTest, GetAndWaitTimeOut) {
   }
   // A timeout in a child process is reported there too.
   ChildProcess& echo = spawn("echo", {coordinator_->endpoint(), "never2", "out2", "200"});
-  echo.wait_ready(Millis(5000));
+  echo.wait_ready(kChildStart);
   EXPECT_THAT(client.get("out2", Millis(5000)), HasSubstr("error: coordinator get of key"));
   EXPECT_EQ(echo.wait_exit(Millis(5000)).value().code, 3);
 }
@@ -249,8 +259,8 @@ TEST_F(CoordinatorTest, AddCheckDelete) {
 TEST_F(CoordinatorTest, BarrierWaitsForALateParticipant) {
   ChildProcess& a = spawn("barrier", {coordinator_->endpoint(), "b1", "3", "5000", "0"});
   ChildProcess& b = spawn("barrier", {coordinator_->endpoint(), "b1", "3", "5000", "500"});
-  a.wait_ready(Millis(5000));
-  b.wait_ready(Millis(5000));
+  a.wait_ready(kChildStart);
+  b.wait_ready(kChildStart);
   CoordinatorClient client(client_options());
   const auto t0 = Clock::now();
   client.barrier("b1", 3, Millis(5000));
@@ -259,13 +269,14 @@ TEST_F(CoordinatorTest, BarrierWaitsForALateParticipant) {
   EXPECT_EQ(b.wait_exit(Millis(3000)).value().code, 0);
   // The name is reusable once passed.
   ChildProcess& c = spawn("barrier", {coordinator_->endpoint(), "b1", "2", "5000", "0"});
+  c.wait_ready(kChildStart);  // connected (its start-up, key derivation included, is not timed)
   client.barrier("b1", 2, Millis(5000));
   EXPECT_EQ(c.wait_exit(Millis(3000)).value().code, 0);
 }
 
 TEST_F(CoordinatorTest, BarrierTimesOutNamingWhoArrived) {
   ChildProcess& a = spawn("barrier", {coordinator_->endpoint(), "b2", "3", "1000", "0"});
-  a.wait_ready(Millis(5000));
+  a.wait_ready(kChildStart);
   CoordinatorClient client(client_options());
   std::this_thread::sleep_for(Millis(100));
   const auto t0 = Clock::now();
@@ -377,13 +388,14 @@ TEST_F(CoordinatorTest, ShutdownBroadcastReachesClients) {
 
 TEST_F(CoordinatorTest, LostCoordinatorDuringACallIsAnError) {
   ChildProcess& coord = spawn("coordinator", {"100", "500"});
-  const std::string endpoint = coord.wait_ready(Millis(5000)).at("endpoint");
+  const std::string endpoint = coord.wait_ready(kChildStart).at("endpoint");
   std::mutex mu;
   std::condition_variable cv;
   std::string lost_reason;
   CoordinatorClientOptions o;
   o.address = endpoint;
   o.dist_timeout = Millis(2000);
+  o.secret = ClusterSecret(kSecret);
   o.on_lost = [&](const std::string& r) {
     std::lock_guard<std::mutex> lock(mu);
     lost_reason = r;
@@ -426,7 +438,7 @@ TEST_F(CoordinatorTest, GlooRendezvousAndAllreduceThroughTheStore) {
           "gloo", {coordinator_->endpoint(), g.prefix, std::to_string(r), std::to_string(g.size)}));
     }
   }
-  for (ChildProcess* k : kids) k->wait_ready(Millis(5000));
+  for (ChildProcess* k : kids) k->wait_ready(kChildStart);
   for (ChildProcess* k : kids) {
     const auto status = k->wait_exit(Millis(20000));
     ASSERT_TRUE(status.has_value()) << k->name() << " still runs";

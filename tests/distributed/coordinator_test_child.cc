@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,10 +44,17 @@ using namespace dpserve;
 
 std::atomic<int> g_exit_code{0};  // set by the client callbacks: 7 shutdown, 8 lost
 
+// The cluster secret the test process hands down through the environment (none when unset).
+ClusterSecret test_secret() {
+  const char* s = std::getenv("DPSERVE_CLUSTER_SECRET");
+  return s != nullptr && *s != '\0' ? ClusterSecret(s) : ClusterSecret();
+}
+
 CoordinatorClientOptions client_options(const std::string& address) {
   CoordinatorClientOptions o;
   o.address = address;
   o.dist_timeout = Millis(5000);
+  o.secret = test_secret();
   o.on_shutdown = [](const std::string&) { g_exit_code = 7; };
   o.on_lost = [](const std::string&) { g_exit_code = 8; };
   return o;
@@ -145,6 +153,7 @@ int run_coordinator(ChildContext& child) {
   o.host = "127.0.0.1";
   o.heartbeat_interval = Millis(std::stol(a[0]));
   o.heartbeat_timeout = Millis(std::stol(a[1]));
+  o.secret = test_secret();
   Coordinator coordinator(o);
   child.signal_ready({{"endpoint", coordinator.endpoint()}});
   for (;;) pause();

@@ -7,14 +7,18 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <zmq.hpp>
 
-#include "../http/server_process.h"
+#include "cluster_util.h"
+#include "netns_cluster.h"
 
 namespace {
 
@@ -22,17 +26,6 @@ using namespace dpserve_test;
 using json = nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
-
-// Greedy ids of /generate for `text` ({} on failure).
-std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, int n) {
-  httplib::Client c = s.client();
-  c.set_read_timeout(seconds(120));
-  const json body = {{"text", text},
-                     {"sampling_params", {{"max_new_tokens", n}, {"temperature", 0}}}};
-  auto r = c.Post("/generate", body.dump(), "application/json");
-  if (!r || r->status != 200) return {};
-  return json::parse(r->body)["output_ids"].get<std::vector<int>>();
-}
 
 // `n` concurrent greedy requests for the reference prompt, started a few ms apart (so some steps
 // prefill in one group while the other decodes or idles).
@@ -56,15 +49,6 @@ json dp_groups(ServerProcess& s) {
   auto r = c.Get("/get_server_info");
   if (!r || r->status != 200) return json::array();
   return json::parse(r->body)["internal_states"][0]["dp_groups"];
-}
-
-// Direct children of `pid` (scheduler ranks and the controller).
-std::vector<pid_t> children_of(pid_t pid) {
-  std::vector<pid_t> out;
-  const auto r = run_command("pgrep -P " + std::to_string(pid));
-  std::istringstream in(r.out);
-  for (pid_t p; in >> p;) out.push_back(p);
-  return out;
 }
 
 // utime + stime of `pid` in seconds (0 if gone).
@@ -163,6 +147,138 @@ TEST(DpAttentionServeMoe, MixtralUpcycledGreedyEqualsStories) {
   const json groups = dp_groups(server);
   ASSERT_EQ(groups.size(), 2u) << groups.dump();
   EXPECT_EQ(groups[1]["load"]["total_dispatched"].get<int64_t>(), 2) << groups.dump();
+}
+
+// Steps where one group prefills while the other decodes: a long request pinned to group 1
+// decodes while prompts pinned to group 0 prefill. Group 1 counts decode forwards beside a
+// prefill, and both groups' tokens are still the reference (the long request's first 32 too).
+TEST(DpAttentionServeMixed, OneGroupPrefillsWhileTheOtherDecodes) {
+  ServerProcess server(
+      {"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention", "--max-total-tokens", "4096"});
+  ASSERT_TRUE(server.wait_healthy(seconds(90))) << server.log();
+  const json ref = reference_outputs();
+  const auto want = ref["greedy"]["ids"].get<std::vector<int>>();
+  std::vector<int> long_ids;
+  std::thread long_client([&] {
+    long_ids = greedy_ids(server, ref["prompt_text"], 400,
+                          {{"sampling_params", {{"ignore_eos", true}}}, {"data_parallel_rank", 1}});
+  });
+  // Wait until group 1 decodes, then prefill in group 0 a few times while it does.
+  const auto deadline = std::chrono::steady_clock::now() + seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const json groups = dp_groups(server);
+    if (groups.size() == 2 && groups[1]["info"]["stats"]["num_decode_batches"].get<int64_t>() > 0) {
+      break;
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(greedy_ids(server, ref["prompt_text"], 32, {{"data_parallel_rank", 0}}), want);
+  }
+  const json groups = dp_groups(server);
+  long_client.join();
+  ASSERT_EQ(long_ids.size(), 400u);
+  EXPECT_EQ(std::vector<int>(long_ids.begin(), long_ids.begin() + 32), want);
+  ASSERT_EQ(groups.size(), 2u);
+  const json& stats1 = groups[1]["info"]["stats"];
+  EXPECT_GT(stats1["num_decode_batches_beside_prefill"].get<int64_t>(), 0) << groups.dump();
+  // Group 1 was still decoding when the snapshot was taken: the long request had not finished.
+  EXPECT_LT(stats1["num_decode_batches"].get<int64_t>(), 400) << groups.dump();
+  EXPECT_GE(groups[0]["info"]["stats"]["num_prefill_batches"].get<int64_t>(), 3) << groups.dump();
+}
+
+// Node 0 (coordinator, controller, main process) and node 1 on loopback, DP groups spread over
+// them: the leaders on node 1 reach node 0's sockets over tcp (published through the
+// coordinator). Both groups serve the reference, pages come back, SIGTERM stops both nodes.
+class DpTwoNodes : public ::testing::TestWithParam<std::vector<std::string>> {};
+
+TEST_P(DpTwoNodes, GroupsOnBothNodesServeTheReference) {
+  std::vector<std::string> common = {"--nnodes",           "2",
+                                     "--node-0-address",   "127.0.0.1",
+                                     "--coordinator-port", std::to_string(free_port()),
+                                     "--max-total-tokens", "4096",
+                                     "--dp-size",          "2",
+                                     "--cluster-secret",   "dp-two-nodes-test"};
+  common.insert(common.end(), GetParam().begin(), GetParam().end());
+  auto with = [&](const std::string& node) {
+    std::vector<std::string> a = common;
+    a.insert(a.end(), {"--node-rank", node});
+    return a;
+  };
+  ServerProcess node1(with("1"));
+  ServerProcess node0(with("0"));
+  ASSERT_TRUE(node0.wait_healthy(seconds(90))) << node0.log() << node1.log();
+  ASSERT_TRUE(node1.wait_healthy(seconds(10))) << node1.log();
+  const json ref = reference_outputs();
+  const auto want = ref["greedy"]["ids"].get<std::vector<int>>();
+  const auto got = concurrent_greedy(node0, ref["prompt_text"], 8);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want) << "client " << i;
+  const json groups = dp_groups(node0);
+  ASSERT_EQ(groups.size(), 2u) << groups.dump();
+  for (const json& g : groups) {
+    EXPECT_EQ(g["load"]["total_dispatched"].get<int64_t>(), 4) << g.dump();
+    EXPECT_GT(g["load"]["num_reports"].get<int64_t>(), 0) << g.dump();
+  }
+  // The leader sockets node 1 was given: tcp on node 0, CURVE-secured with the cluster secret.
+  std::smatch m;
+  const std::string log1 = node1.log();
+  ASSERT_TRUE(std::regex_search(
+      log1, m, std::regex(R"(leader sockets: input (tcp://\S+), output (tcp://\S+), control)")))
+      << log1;
+  {
+    // A stranger without the secret: a PULL on group 1's input (it would steal requests) and a
+    // PUSH of bytes into the main process's output socket. Both are refused and logged; every
+    // request still reaches its group and gets the reference.
+    zmq::context_t ctx;
+    zmq::socket_t thief(ctx, zmq::socket_type::pull);
+    thief.connect(m[1].str());
+    zmq::socket_t injector(ctx, zmq::socket_type::push);
+    injector.connect(m[2].str());
+    (void)injector.send(zmq::str_buffer("not a message"), zmq::send_flags::dontwait);
+    std::this_thread::sleep_for(milliseconds(300));
+    for (const auto& ids : concurrent_greedy(node0, ref["prompt_text"], 4)) EXPECT_EQ(ids, want);
+    zmq::message_t stolen;
+    EXPECT_FALSE(thief.recv(stolen, zmq::recv_flags::dontwait)) << "a stranger got a request";
+    thief.set(zmq::sockopt::linger, 0);
+    injector.set(zmq::sockopt::linger, 0);
+  }
+  EXPECT_NE(node0.log().find("dp controller: refused a peer"), std::string::npos) << node0.log();
+  EXPECT_NE(node0.log().find("scheduler output: refused a peer"), std::string::npos) << node0.log();
+  // The secret reached the ranks through their environment, not their command line.
+  for (pid_t p : children_of(node1.pid())) {
+    EXPECT_EQ(read_file("/proc/" + std::to_string(p) + "/cmdline").find("dp-two-nodes-test"),
+              std::string::npos);
+  }
+
+  httplib::Client c = node0.client();
+  auto flushed = c.Post("/flush_cache", "", "application/json");
+  ASSERT_TRUE(flushed && flushed->status == 200) << (flushed ? flushed->body : "no answer");
+  for (const json& g : dp_groups(node0)) EXPECT_TRUE(g["info"]["all_pages_free"].get<bool>());
+
+  std::vector<pid_t> ranks = children_of(node0.pid());
+  const std::vector<pid_t> ranks1 = children_of(node1.pid());
+  ranks.insert(ranks.end(), ranks1.begin(), ranks1.end());
+  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
+  EXPECT_EQ(node0.wait_exit(seconds(15)), 0) << node0.log();
+  EXPECT_EQ(node1.wait_exit(seconds(15)), 0) << node1.log();
+  EXPECT_TRUE(all_gone(ranks, seconds(5)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Loopback, DpTwoNodes,
+    ::testing::Values(std::vector<std::string>{"--tp-size", "2", "--enable-dp-attention"},
+                      std::vector<std::string>{"--tp-size", "1"}),
+    [](const auto& info) { return info.index == 0 ? "DpAttention" : "PlainReplicas"; });
+
+// The seeds' usage example on two hosts: network namespaces joined by a veth pair, TP 2 in 2 DP
+// groups, one group (and its leader) on each host; completions from both groups are the
+// reference.
+TEST(DpAttentionMultiNode, TwoNetworkNamespaces) {
+  if (!namespaces_available()) {
+    GTEST_SKIP() << "network namespaces cannot be created here (needs root / CAP_NET_ADMIN)";
+  }
+  serve_across_two_namespaces({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention"},
+                              "[dp 1] leader sockets: input tcp://10.");
 }
 
 }  // namespace

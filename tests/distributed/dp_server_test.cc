@@ -93,9 +93,10 @@ TEST(DpServeRouting, ExplicitRankIsHonouredAndCheckedAtTheDoor) {
   EXPECT_TRUE(generate(server, ref["prompt_text"], 4)->status == 200);
 }
 
-// A dead replica ends the server with an error naming it (recovery is issue 8's).
+// With --max-restarts 0 (fail-stop) a dead replica ends the server with an error naming it
+// (recovery: DpFaults.KilledReplicaRecoversWhileTheOtherServes in recovery_server_test.cc).
 TEST(DpServeFaults, DeadReplicaIsNamed) {
-  ServerProcess server({"--dp-size", "2", "--max-total-tokens", "4096"});
+  ServerProcess server({"--dp-size", "2", "--max-total-tokens", "4096", "--max-restarts", "0"});
   ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
   const auto r = run_command("pgrep -P " + std::to_string(server.pid()) + " -f 'scheduler'");
   std::istringstream in(r.out);

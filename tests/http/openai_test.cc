@@ -540,7 +540,7 @@ TEST(OpenAIMetrics, MetricsCountRealRequestsAndApiKeyCoversV1Routes) {
   const httplib::Headers auth = {{"Authorization", "Bearer k3y"}};
   const std::string label = "{model_name=\"" + kStories + "\"}";
 
-  // --api-key guards every /v1 route; /metrics stays open, as in SGLang.
+  // --api-key guards every /v1 route, and /metrics too (only /health stays open).
   for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
     auto r = c.Post(path, R"({"prompt": "a"})", "application/json");
     ASSERT_TRUE(r);
@@ -555,6 +555,10 @@ TEST(OpenAIMetrics, MetricsCountRealRequestsAndApiKeyCoversV1Routes) {
   EXPECT_EQ(models->status, 200);
 
   auto m0 = c.Get("/metrics");
+  ASSERT_TRUE(m0);
+  EXPECT_EQ(m0->status, 401);
+  EXPECT_EQ(json::parse(m0->body)["error"]["type"], "authentication_error");
+  m0 = c.Get("/metrics", auth);
   ASSERT_TRUE(m0);
   ASSERT_EQ(m0->status, 200);
   EXPECT_THAT(m0->get_header_value("Content-Type"), HasSubstr("text/plain; version=0.0.4"));
@@ -588,7 +592,7 @@ TEST(OpenAIMetrics, MetricsCountRealRequestsAndApiKeyCoversV1Routes) {
   prompt_tokens += meta["prompt_tokens"].get<int64_t>();
   completion_tokens += meta["completion_tokens"].get<int64_t>();
 
-  auto m1 = c.Get("/metrics");
+  auto m1 = c.Get("/metrics", auth);
   ASSERT_TRUE(m1 && m1->status == 200);
   const std::string& t = m1->body;
   EXPECT_EQ(metric(t, "sglang:num_requests_total" + label), 3.0) << t;
@@ -611,7 +615,7 @@ TEST(OpenAIMetrics, MetricsCountRealRequestsAndApiKeyCoversV1Routes) {
   EXPECT_THAT(t, HasSubstr("sglang:time_to_first_token_seconds_bucket{model_name=\"" + kStories +
                            "\",le=\"+Inf\"} 3"));
   // A health probe is no client request.
-  auto hg = c.Get("/health_generate");
+  auto hg = c.Get("/health_generate", auth);
   ASSERT_TRUE(hg && hg->status == 200);
 
   // A client that hangs up mid-stream counts as an aborted request.
@@ -627,12 +631,12 @@ TEST(OpenAIMetrics, MetricsCountRealRequestsAndApiKeyCoversV1Routes) {
   double aborted = 0;
   for (int i = 0; i < 200 && aborted < 1.0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    auto m = c.Get("/metrics");
+    auto m = c.Get("/metrics", auth);
     ASSERT_TRUE(m);
     aborted = metric(m->body, "sglang:num_aborted_requests_total" + label);
   }
   EXPECT_EQ(aborted, 1.0);
-  auto m2 = c.Get("/metrics");
+  auto m2 = c.Get("/metrics", auth);
   ASSERT_TRUE(m2);
   EXPECT_EQ(metric(m2->body, "sglang:num_requests_total" + label), 4.0);
 }

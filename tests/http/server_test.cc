@@ -165,6 +165,9 @@ TEST_F(ServerTest, BadInputsGetErrorsAndTheServerKeepsServing) {
     for (int i = 0; i < 600; ++i) s += "Once upon a time ";
     return s;
   }();
+  // 1M nested lists (2 MB): recursive JSON copies / dumps of it used to overflow the handler
+  // thread's stack and kill the server (found by fuzz/fuzz_request).
+  const std::string deep = std::string(1u << 20, '[') + std::string(1u << 20, ']');
   const std::vector<Case> cases = {
       {"malformed JSON", "/generate", "{\"text\": \"Once", 400, "not valid JSON"},
       {"not an object", "/generate", "[1, 2]", 400, "JSON object"},
@@ -189,8 +192,18 @@ TEST_F(ServerTest, BadInputsGetErrorsAndTheServerKeepsServing) {
       {"max_new_tokens too large", "/generate",
        "{\"text\": \"a\", \"sampling_params\": {\"max_new_tokens\": 100000}}", 400,
        "context length"},
+      // prompt + max_new_tokens used to overflow int64 and pass the check (UBSan, fuzz_request).
+      {"max_new_tokens near INT64_MAX", "/generate",
+       "{\"text\": \"a\", \"sampling_params\": {\"max_new_tokens\": 9223372036854775806}}", 400,
+       "context length"},
       {"invalid UTF-8", "/generate", "{\"text\": \"Once \xff\xfe upon\"}", 400, "UTF-8"},
       {"lone surrogate", "/generate", "{\"text\": \"a \\ud800 b\"}", 400, "not valid JSON"},
+      {"number out of range", "/generate",
+       "{\"text\": \"a\", \"sampling_params\": {\"temperature\": 1e400}}", 400, "not valid JSON"},
+      {"nesting too deep", "/generate", "{\"text\": \"a\", \"sampling_params\": " + deep + "}", 400,
+       "deeper than 256"},
+      {"nesting too deep (OpenAI)", "/v1/completions",
+       "{\"prompt\": \"a\", \"stop\": " + deep + "}", 400, "deeper than 256"},
       {"unknown route", "/no_such_route", "{}", 404, "Not Found"},
       {"body too large", "/generate", std::string(17u << 20, ' '), 413, "larger than"},
   };
@@ -395,9 +408,10 @@ TEST(ServerLifecycle, BrokenModelDirExitsWithTheSchedulersError) {
 }
 
 TEST(ServerLifecycle, ApiKeyThenSigtermShutsDownGracefully) {
-  // One running request at a time, so a batch stream below stays in flight for seconds.
-  ServerProcess server(
-      {"--max-total-tokens", "4096", "--api-key", "sekrit", "--max-running-requests", "1"});
+  // One running request at a time, so a batch stream below stays in flight for seconds;
+  // --shutdown-timeout 0: SIGTERM aborts in-flight requests at once (no drain).
+  ServerProcess server({"--max-total-tokens", "4096", "--api-key", "sekrit",
+                        "--max-running-requests", "1", "--shutdown-timeout", "0"});
   ASSERT_TRUE(server.wait_healthy()) << server.log();
   httplib::Client c = server.client();
   const std::string body =
@@ -449,7 +463,8 @@ TEST(ServerLifecycle, ApiKeyThenSigtermShutsDownGracefully) {
 }
 
 TEST(ServerLifecycle, DeadSchedulerMakesTheServerExitNonZero) {
-  ServerProcess server({"--max-total-tokens", "4096"});
+  // Fail-stop: with --max-restarts 0 a dead scheduler is not restarted.
+  ServerProcess server({"--max-total-tokens", "4096", "--max-restarts", "0"});
   ASSERT_TRUE(server.wait_healthy()) << server.log();
   httplib::Client c = server.client();
   auto info = c.Get("/get_server_info");

@@ -3,13 +3,18 @@
 // some clients hanging up early. Every complete stream must be well formed and complete (ends in
 // [DONE], one finish per choice, usage.completion_tokens equal to the tokens the chunks carried);
 // no request may be lost or answered twice (unique ids; the scheduler finished exactly as many
-// requests as were sent); afterwards the server is healthy and every KV page is free.
+// requests as were sent); afterwards the server is healthy and every KV page is free. The
+// resident memory (VmRSS) of the main process and of the scheduler process, sampled under load
+// after a warm-up (a third of the run, at most 60 s) and again at the end of the load, may not
+// grow by 5 % or more.
 //
 // Its own binary (test_http_soak) so it can run alone: ctest -R test_http_soak.
-// DPSERVE_SOAK_SECONDS overrides the 30 s.
+// DPSERVE_SOAK_CLIENTS and DPSERVE_SOAK_SECONDS override the 64 clients and the 30 s, e.g.
+// DPSERVE_SOAK_CLIENTS=256 DPSERVE_SOAK_SECONDS=300 build/tests/http/test_http_soak.
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -30,7 +35,23 @@ namespace {
 using dpserve_test::ServerProcess;
 using nlohmann::json;
 
-constexpr int kClients = 64;
+constexpr double kMaxRssGrowth = 0.05;
+
+// A positive integer from the environment, or `fallback`.
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : fallback;
+}
+
+// VmRSS of a process in KiB (-1 when it cannot be read).
+int64_t rss_kib(int64_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6);
+  }
+  return -1;
+}
 
 enum class Route { kGenerate, kCompletions, kChat };
 
@@ -192,15 +213,31 @@ json server_info(ServerProcess& server) {
   return r && r->status == 200 ? json::parse(r->body) : json::object();
 }
 
-TEST(Soak, SixtyFourStreamingClientsForThirtySeconds) {
+TEST(Soak, StreamingClientsWithRandomDisconnects) {
   ServerProcess server({"--max-total-tokens", "16384"});
   ASSERT_TRUE(server.wait_healthy()) << server.log();
+  const json info0 = server_info(server);
   const int64_t finished_before =
-      server_info(server)["internal_states"][0]["stats"]["num_finished"].get<int64_t>();
+      info0["internal_states"][0]["stats"]["num_finished"].get<int64_t>();
+  const int64_t main_pid = server.pid();
+  const int64_t scheduler_pid = info0["scheduler_pid"].get<int64_t>();
 
-  const char* env = std::getenv("DPSERVE_SOAK_SECONDS");
-  const int seconds = env != nullptr ? std::atoi(env) : 30;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  const int kClients = env_int("DPSERVE_SOAK_CLIENTS", 64);
+  const int seconds = env_int("DPSERVE_SOAK_SECONDS", 30);
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(seconds);
+  // Memory under load: after the warm-up, and at the end (the clients' last second).
+  const auto warm = start + std::chrono::milliseconds(std::min(seconds * 1000 / 3, 60000));
+  const auto late = deadline - std::chrono::seconds(1);
+  int64_t rss_warm[2] = {-1, -1}, rss_end[2] = {-1, -1};
+  std::thread sampler([&] {
+    std::this_thread::sleep_until(warm);
+    rss_warm[0] = rss_kib(main_pid);
+    rss_warm[1] = rss_kib(scheduler_pid);
+    std::this_thread::sleep_until(late);
+    rss_end[0] = rss_kib(main_pid);
+    rss_end[1] = rss_kib(scheduler_pid);
+  });
 
   std::mutex mu;
   std::vector<std::string> errors;
@@ -229,10 +266,27 @@ TEST(Soak, SixtyFourStreamingClientsForThirtySeconds) {
     });
   }
   for (std::thread& t : clients) t.join();
+  sampler.join();
 
-  std::cout << "soak: " << sent.load() << " requests (" << per_route[0] << " /generate, "
-            << per_route[1] << " /v1/completions, " << per_route[2] << " /v1/chat/completions), "
-            << complete.load() << " complete, " << cut.load() << " cut by their client\n";
+  std::cout << "soak: " << kClients << " clients for " << seconds << " s: " << sent.load()
+            << " requests (" << per_route[0] << " /generate, " << per_route[1]
+            << " /v1/completions, " << per_route[2] << " /v1/chat/completions), " << complete.load()
+            << " complete, " << cut.load() << " cut by their client, " << errors.size()
+            << " errors, " << duplicates.size() << " duplicate ids\n";
+  const char* names[2] = {"main process", "scheduler process"};
+  for (int p = 0; p < 2; ++p) {
+    std::cout << "soak: " << names[p] << " VmRSS " << rss_warm[p] << " KiB after the warm-up, "
+              << rss_end[p] << " KiB at the end ("
+              << (rss_warm[p] > 0 ? 100.0 * static_cast<double>(rss_end[p] - rss_warm[p]) /
+                                        static_cast<double>(rss_warm[p])
+                                  : 0.0)
+              << " %)\n";
+    ASSERT_GT(rss_warm[p], 0) << names[p];
+    ASSERT_GT(rss_end[p], 0) << names[p];
+    EXPECT_LT(static_cast<double>(rss_end[p]),
+              static_cast<double>(rss_warm[p]) * (1.0 + kMaxRssGrowth))
+        << names[p] << " grew from " << rss_warm[p] << " KiB to " << rss_end[p] << " KiB";
+  }
   EXPECT_GT(complete.load(), kClients);
   EXPECT_GT(cut.load(), 0);
   EXPECT_TRUE(errors.empty()) << errors.size() << " errors, first: " << errors.front();
@@ -253,6 +307,10 @@ TEST(Soak, SixtyFourStreamingClientsForThirtySeconds) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   const json& s = info["internal_states"][0];
+  std::cout << "soak: idle: " << info["num_live_requests"] << " live requests, "
+            << s["num_free_pages"] << " of " << s["num_pages"] << " pages free before the flush; "
+            << "VmRSS main " << rss_kib(main_pid) << " KiB, scheduler " << rss_kib(scheduler_pid)
+            << " KiB\n";
   EXPECT_EQ(info["num_live_requests"], 0);
   EXPECT_EQ(s["num_running_reqs"], 0);
   EXPECT_EQ(s["memory_check"], "") << s.dump();
@@ -263,6 +321,8 @@ TEST(Soak, SixtyFourStreamingClientsForThirtySeconds) {
   const json after = server_info(server)["internal_states"][0];
   EXPECT_EQ(after["all_pages_free"], true) << after.dump();
   EXPECT_EQ(after["num_free_pages"], after["num_pages"]);
+  std::cout << "soak: after the flush: " << after["num_free_pages"] << " of " << after["num_pages"]
+            << " pages free, all_pages_free " << after["all_pages_free"] << "\n";
   // And it still answers.
   auto g = c.Post("/v1/completions", R"({"prompt": "Once upon a time", "max_tokens": 4})",
                   "application/json");

@@ -122,7 +122,8 @@ TEST(IoStruct, ControlMessagesRoundTrip) {
 
 TEST(IoStruct, EveryTypeHasItsOwnTagAndName) {
   const Message all[] = {sample_req(),     AbortReq{},         sample_out(),        FlushCacheReq{},
-                         FlushCacheResp{}, GetServerInfoReq{}, GetServerInfoResp{}, LoadReport{}};
+                         FlushCacheResp{}, GetServerInfoReq{}, GetServerInfoResp{}, LoadReport{},
+                         DpGroupState{},   DpDispatchNotice{}};
   ASSERT_EQ(std::size(all), std::variant_size_v<Message>);
   for (const Message& m : all) {
     const Message back = decode(encode(m));
@@ -158,6 +159,19 @@ TEST(IoStruct, LoadReportRoundTrips) {
   EXPECT_EQ(b.timestamp, 1754400000.123456);  // a double, not squeezed into a float
   EXPECT_EQ(message_name(Message{l}), "LoadReport");
   EXPECT_EQ(Message{l}.index(), 7u);  // appended: the older tags keep their numbers
+}
+
+TEST(IoStruct, DpGroupStateAndDispatchNoticesRoundTrip) {
+  const DpGroupState down = round_trip(DpGroupState{3, false, "rank 6 died"});
+  EXPECT_EQ(down.dp_rank, 3);
+  EXPECT_FALSE(down.up);
+  EXPECT_EQ(down.reason, "rank 6 died");
+  EXPECT_TRUE(round_trip(DpGroupState{1, true, ""}).up);
+  const DpDispatchNotice n = round_trip(DpDispatchNotice{{"a", "b", "c"}, {0, 1, 0}});
+  EXPECT_EQ(n.rids, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(n.dp_ranks, (std::vector<int32_t>{0, 1, 0}));
+  EXPECT_EQ(Message{DpGroupState{}}.index(), 8u);  // appended after LoadReport
+  EXPECT_EQ(message_name(Message{DpDispatchNotice{}}), "DpDispatchNotice");
 }
 
 TEST(IoStruct, ControlResponsesCarryTheirDpRank) {

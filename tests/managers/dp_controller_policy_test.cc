@@ -158,6 +158,38 @@ TEST(DpDispatchPolicy, RoundRobinResumesAfterAStaleGroupReturns) {
   EXPECT_THAT(route(p, 3, 1, t), ElementsAre(0, 1, 2));
 }
 
+TEST(DpDispatchPolicy, DownGroupsAreNeverChosenUntilUpAgain) {
+  for (LoadBalanceMethod m : {LoadBalanceMethod::kRoundRobin, LoadBalanceMethod::kShortestQueue,
+                              LoadBalanceMethod::kMinimumTokens}) {
+    SCOPED_TRACE(std::string(load_balance_method_name(m)));
+    DpDispatchPolicy p(3, m, milliseconds(1000), kT0);
+    p.on_report(report(1, 50, 50, 5000, 5000), kT0);  // busy, but up
+    p.set_down(0, "rank 0 died");
+    EXPECT_TRUE(p.is_down(0));
+    EXPECT_THAT(route(p, 4), ::testing::Each(::testing::Ne(0)));
+    const DispatchDecision pinned = p.dispatch(req(10, 0), kT0);
+    EXPECT_EQ(pinned.dp_rank, -1);
+    EXPECT_THAT(pinned.error, HasSubstr("DP group 0 is restarting (rank 0 died)"));
+    // A down group is not stale (nothing to log while it restarts), and says why it is down.
+    EXPECT_THAT(p.update_staleness(kT0 + milliseconds(5000)), ElementsAre(1, 2));
+    const nlohmann::json j = p.group_json(0, kT0);
+    EXPECT_EQ(j["down"], true);
+    EXPECT_EQ(j["stale"], false);
+    EXPECT_EQ(j["down_reason"], "rank 0 died");
+    // Every group down: rejected with a clear error.
+    p.set_down(1, "x");
+    p.set_down(2, "y");
+    const DispatchDecision none = p.dispatch(req(10), kT0);
+    EXPECT_EQ(none.dp_rank, -1);
+    EXPECT_THAT(none.error, HasSubstr("every group is restarting"));
+    // Back up with a fresh, empty load view: the least loaded group again.
+    p.set_up(1, kT0 + milliseconds(6000));
+    EXPECT_FALSE(p.group(1).last_report.has_value());
+    EXPECT_EQ(p.group(1).dispatched_reqs, 0);
+    EXPECT_EQ(p.dispatch(req(10), kT0 + milliseconds(6000)).dp_rank, 1);
+  }
+}
+
 TEST(DpDispatchPolicy, ExplicitRanksOutOfRangeAreRejected) {
   DpDispatchPolicy p(2, LoadBalanceMethod::kShortestQueue, milliseconds(1000), kT0);
   for (int32_t bad : {2, 7, -2}) {

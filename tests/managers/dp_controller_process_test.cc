@@ -64,10 +64,22 @@ class ControllerHarness {
   void leader_send(int k, const Message& m) {
     ASSERT_TRUE(leader_out_[static_cast<size_t>(k)].send(m, milliseconds(5000)));
   }
-  // What the TokenizerManager receives next.
+  // What the TokenizerManager receives next, past the dispatch notices (kept in notices()).
   std::optional<Message> tm_recv(milliseconds timeout = milliseconds(10000)) {
-    return from_ctrl_.recv(timeout);
+    const auto deadline = Clock::now() + timeout;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      std::optional<Message> m = from_ctrl_.recv(std::max(left, milliseconds(0)));
+      if (!m || !std::holds_alternative<DpDispatchNotice>(*m)) return m;
+      const auto& n = std::get<DpDispatchNotice>(*m);
+      EXPECT_EQ(n.rids.size(), n.dp_ranks.size());
+      for (size_t i = 0; i < n.rids.size() && i < n.dp_ranks.size(); ++i) {
+        notices_[n.rids[i]] = n.dp_ranks[i];
+      }
+    }
   }
+  // rid -> DP group, from the dispatch notices tm_recv has seen.
+  const std::map<std::string, int32_t>& notices() const { return notices_; }
   // Next message at leader k.
   std::optional<Message> leader_recv(int k, milliseconds timeout = milliseconds(10000)) {
     return leader_in_[static_cast<size_t>(k)].recv(timeout);
@@ -114,6 +126,7 @@ class ControllerHarness {
   nlohmann::json ready_;
   std::vector<MessageSocket> leader_in_;
   std::vector<MessageSocket> leader_out_;
+  std::map<std::string, int32_t> notices_;
 };
 
 TokenizedGenerateReq gen(std::string rid, int32_t dp_rank = -1, int tokens = 4,
@@ -339,6 +352,36 @@ TEST(DpControllerProcess, StaleGroupIsAvoidedUntilItReportsAgain) {
   int to0 = 0;
   for (const auto& [g, m] : got) to0 += g == 0 ? 1 : 0;
   EXPECT_EQ(to0, 3);
+}
+
+// A group the main process marks down gets nothing (explicit requests for it are rejected with
+// the reason), every dispatch is told to the TokenizerManager, and the group is back once up.
+TEST(DpControllerProcess, DownGroupIsSkippedAndDispatchesAreNotified) {
+  ControllerHarness h(2, "round_robin");
+  h.send(DpGroupState{1, false, "rank 1 died"});
+  for (int i = 0; i < 4; ++i) h.send(gen(fmt::format("d{}", i)));
+  h.send(gen("pinned-1", 1));
+  auto got = h.drain_leaders(4, milliseconds(10000));
+  ASSERT_EQ(got.size(), 4u);
+  for (const auto& [g, m] : got) EXPECT_EQ(g, 0) << std::get<TokenizedGenerateReq>(m).rid;
+  std::optional<Message> m = h.tm_recv();
+  ASSERT_TRUE(m && std::holds_alternative<BatchTokenIdOut>(*m));
+  const TokenIdOut& o = std::get<BatchTokenIdOut>(*m).outputs.at(0);
+  EXPECT_EQ(o.rid, "pinned-1");
+  EXPECT_THAT(o.finish_reason_json, HasSubstr("DP group 1 is restarting (rank 1 died)"));
+  EXPECT_FALSE(h.tm_recv(milliseconds(300)).has_value());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(h.notices().at(fmt::format("d{}", i)), 0);
+  EXPECT_EQ(h.notices().count("pinned-1"), 0u);  // rejected, not dispatched
+
+  h.send(DpGroupState{1, true, ""});
+  for (int i = 0; i < 4; ++i) h.send(gen(fmt::format("u{}", i)));
+  got = h.drain_leaders(4, milliseconds(10000));
+  ASSERT_EQ(got.size(), 4u);
+  int to1 = 0;
+  for (const auto& [g, msg] : got) to1 += g == 1 ? 1 : 0;
+  EXPECT_EQ(to1, 2);
+  EXPECT_FALSE(h.tm_recv(milliseconds(300)).has_value());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(h.notices().count(fmt::format("u{}", i)), 1u);
 }
 
 // The controller must die with its parent: a forked intermediate process spawns it, the test

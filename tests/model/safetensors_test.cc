@@ -40,6 +40,71 @@ TEST(Safetensors, ReadsWellFormedFile) {
   EXPECT_EQ(to_f32(f.tensors().at("b")), (std::vector<float>{1, 2, 3, 4}));
 }
 
+// A header whose length is not a multiple of 8 (the format allows it) must not leave tensors
+// misaligned for their dtype: the kernels and to_f32 read them as float / uint16_t in place
+// (found by fuzz_safetensors: UBSan "load of misaligned address" in to_f32).
+TEST(Safetensors, UnpaddedHeaderStillAlignsTensors) {
+  std::string data;
+  for (uint16_t v : {0x3f80, 0x4000}) {  // bf16 1, 2
+    data.push_back(static_cast<char>(v & 0xff));
+    data.push_back(static_cast<char>(v >> 8));
+  }
+  const float three = 3.0f;
+  data.append(reinterpret_cast<const char*>(&three), 4);
+  const nlohmann::json h = {{"b", {{"dtype", "BF16"}, {"shape", {2}}, {"data_offsets", {0, 4}}}},
+                            {"f", {{"dtype", "F32"}, {"shape", {1}}, {"data_offsets", {4, 8}}}}};
+  for (size_t pad = 0; pad < 8; ++pad) {
+    std::string header = h.dump() + std::string(pad, ' ');
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    TempDir dir("st_unpadded");
+    write_bytes(dir.file("m.safetensors"), bytes + header + data);
+    SafetensorsFile f(dir.file("m.safetensors"));
+    const TensorView& b = f.tensors().at("b");
+    const TensorView& x = f.tensors().at("f");
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data) % alignof(uint16_t), 0u)
+        << "header " << header.size();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(x.data) % alignof(float), 0u)
+        << "header " << header.size();
+    EXPECT_EQ(to_f32(b), (std::vector<float>{1, 2}));
+    EXPECT_EQ(to_f32(x), (std::vector<float>{3}));
+  }
+}
+
+// A tensor with a zero dimension converts to an empty vector (found by fuzz_safetensors: UBSan
+// "null pointer passed as argument 1" to memcpy in to_f32; fails in the sanitizer build).
+TEST(Safetensors, EmptyTensorConvertsToEmptyVector) {
+  TempDir dir("st_empty");
+  const nlohmann::json h = {
+      {"e", {{"dtype", "F32"}, {"shape", {0, 5}}, {"data_offsets", {0, 0}}}},
+      {"s", {{"dtype", "BF16"}, {"shape", {3, 0}}, {"data_offsets", {0, 0}}}}};
+  write_bytes(dir.file("m.safetensors"), safetensors_bytes(h, ""));
+  SafetensorsFile f(dir.file("m.safetensors"));
+  EXPECT_EQ(f.tensors().at("e").nbytes, 0u);
+  EXPECT_TRUE(to_f32(f.tensors().at("e")).empty());
+  EXPECT_TRUE(to_f32(f.tensors().at("s")).empty());
+}
+
+// A shape whose element or byte count wraps around 64 bits used to pass with a few (or no) data
+// bytes, and a dimension above INT64_MAX became negative (found by fuzz_safetensors' checks).
+TEST(Safetensors, ShapeOverflowIsAnError) {
+  TempDir dir("st_overflow");
+  const std::vector<std::pair<nlohmann::json, std::string>> cases = {
+      {nlohmann::json::array({uint64_t{1} << 62, 4}), "F32"},   // 2^64 elements -> 0 bytes
+      {nlohmann::json::array({uint64_t{1} << 62}), "F32"},      // 2^62 elements -> 2^64 bytes
+      {nlohmann::json::array({uint64_t{1} << 63, 0}), "BF16"},  // a dimension above INT64_MAX
+      {nlohmann::json::array({UINT64_MAX, 0}), "F32"},
+  };
+  for (const auto& [shape, dtype] : cases) {
+    SCOPED_TRACE(shape.dump());
+    const nlohmann::json h = {
+        {"w", {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {0, 0}}}}};
+    write_bytes(dir.file("m.safetensors"), safetensors_bytes(h, ""));
+    EXPECT_THAT(error_of([&] { SafetensorsFile f(dir.file("m.safetensors")); }),
+                AllOf(HasSubstr("tensor 'w'"), HasSubstr("more elements than 64 bits")));
+  }
+}
+
 TEST(Safetensors, MissingFileNamesPath) {
   EXPECT_THAT(error_of([] { SafetensorsFile f("/nonexistent/x.safetensors"); }),
               AllOf(HasSubstr("/nonexistent/x.safetensors"), HasSubstr("cannot open")));

@@ -291,6 +291,18 @@ TEST(RequestBody, MalformedJsonAndNonObjects) {
   EXPECT_EQ(ok.begin().key(), "b");  // key order kept
 }
 
+// Found by fuzz/fuzz_request: a number out of double's range escaped as nlohmann's out_of_range
+// instead of an ApiError, and deep nesting (recursive copies / dumps) overflowed the stack.
+TEST(RequestBody, NumberOutOfRangeAndDeepNesting) {
+  expect_error([] { parse_json_body(R"({"prompt": "a", "temperature": 1e400})"); }, 400, "<none>",
+               "Invalid JSON body");
+  const std::string deep = std::string(1u << 20, '[') + std::string(1u << 20, ']');
+  expect_error([&] { parse_json_body("{\"prompt\": \"a\", \"stop\": " + deep + "}"); }, 400,
+               "<none>", "nested deeper than 256 levels");
+  std::string ok_depth = std::string(255, '[') + std::string(255, ']');
+  EXPECT_NO_THROW(parse_json_body("{\"x\": " + ok_depth + "}"));  // 256 levels with the object
+}
+
 // ---- chat ----
 
 TEST(ChatRequest, MultiTurnWithSystemToolsAndContentParts) {
@@ -537,6 +549,19 @@ TEST(PromptLength, EmptyOverlongAndOutOfVocab) {
       check_prompt_length(ch, std::vector<int32_t>(99, 1), 100));  // no limit of its own
   expect_error([&] { check_prompt_length(ch, std::vector<int32_t>(100, 1), 100); }, 400, "messages",
                "maximum context length is 100 tokens");
+}
+
+// Found by fuzz/fuzz_request (UBSan: signed overflow in prompt + max_tokens): a max_tokens near
+// INT64_MAX wrapped the sum negative and the request passed the context check.
+TEST(PromptLength, HugeMaxTokensDoesNotOverflow) {
+  OpenAIRequest c = completion(R"({"prompt": "p", "max_tokens": 9223372036854775806})");
+  expect_error(
+      [&] {
+        check_prompt_length(c, {1, 2, 3}, 4096);
+      },
+      400, "prompt",
+      "However, you requested 9223372036854775809 tokens (3 in the prompt, "
+      "9223372036854775806 in the completion)");
 }
 
 }  // namespace

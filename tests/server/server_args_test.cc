@@ -1,6 +1,7 @@
 // ServerArgs: parsing real argv through CLI11, SGLang's defaults, every validation message, the
 // not-implemented errors and the JSON view.
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,9 @@ TEST(ServerArgs, DefaultsFollowSGLang) {
   EXPECT_EQ(sa.dtype, "auto");
   EXPECT_EQ(sa.log_level, "info");
   EXPECT_DOUBLE_EQ(sa.watchdog_timeout, 300.0);
+  EXPECT_DOUBLE_EQ(sa.heartbeat_timeout, 5.0);
+  EXPECT_EQ(sa.max_restarts, 3);
+  EXPECT_DOUBLE_EQ(sa.shutdown_timeout, 30.0);
   EXPECT_FALSE(sa.random_seed.has_value());
   EXPECT_EQ(sa.effective_tokenizer_path(), "/m");
   EXPECT_EQ(sa.effective_served_model_name(), "/m");
@@ -81,6 +85,8 @@ TEST(ServerArgs, DefaultsFollowSGLang) {
 
 TEST(ServerArgs, ParsesEveryFlag) {
   ServerArgs sa = parse({"--model-path=/m",
+                         "--cluster-secret",
+                         "s",
                          "--tokenizer-path",
                          "/t",
                          "--host",
@@ -145,6 +151,7 @@ TEST(ServerArgs, ParsesEveryFlag) {
   EXPECT_EQ(sa.node_rank, 1);
   EXPECT_EQ(sa.node_0_address, "10.0.0.1");
   EXPECT_EQ(sa.coordinator_port, 5000);
+  EXPECT_EQ(sa.cluster_secret, "s");
   EXPECT_EQ(sa.load_balance_method, "shortest_queue");
   EXPECT_EQ(sa.max_running_requests, 64);
   EXPECT_EQ(sa.max_total_tokens, 100000);
@@ -264,14 +271,14 @@ TEST(ServerArgs, ValidationMessagesNameTheFlag) {
          a.node_0_address = "h";
        },
        "--tp-size (3) must be divisible by --nnodes (2)"},
-      {"multi-node dp without dp attention",
+      {"plain dp replicas over nodes",
        [](ServerArgs& a) {
-         a.tp_size = 2;
-         a.dp_size = 2;
+         a.tp_size = 1;
+         a.dp_size = 3;
          a.nnodes = 2;
          a.node_0_address = "h";
        },
-       "needs --enable-dp-attention"},
+       "--tp-size 1 x --dp-size 3 replica ranks must be divisible by --nnodes (2)"},
       {"missing node 0 address",
        [](ServerArgs& a) {
          a.nnodes = 2;
@@ -334,6 +341,11 @@ TEST(ServerArgs, ValidationMessagesNameTheFlag) {
        "--watchdog-timeout must be >= 0 seconds"},
       {"blank name", [](ServerArgs& a) { a.served_model_name = "  "; },
        "--served-model-name must not be blank"},
+      {"heartbeat", [](ServerArgs& a) { a.heartbeat_timeout = 0.1; },
+       "--heartbeat-timeout must be >= 0.5 seconds, got 0.1"},
+      {"restarts", [](ServerArgs& a) { a.max_restarts = -1; }, "--max-restarts must be >= 0"},
+      {"shutdown", [](ServerArgs& a) { a.shutdown_timeout = -2; },
+       "--shutdown-timeout must be >= 0 seconds"},
   };
   for (const BadCase& c : cases) {
     ServerArgs sa = valid();
@@ -343,9 +355,9 @@ TEST(ServerArgs, ValidationMessagesNameTheFlag) {
 }
 
 TEST(ServerArgs, ValidMultiNodeDpAttentionLayout) {
-  ServerArgs sa =
-      parse({"--model-path", "/m", "--tp-size", "8", "--dp-size", "4", "--enable-dp-attention",
-             "--nnodes", "2", "--node-rank", "1", "--node-0-address", "node0.example"});
+  ServerArgs sa = parse({"--model-path", "/m", "--tp-size", "8", "--dp-size", "4",
+                         "--enable-dp-attention", "--nnodes", "2", "--node-rank", "1",
+                         "--node-0-address", "node0.example", "--cluster-secret", "s"});
   EXPECT_EQ(validate_error(sa), "");
   // IPv6 literals have colons and are hosts, not host:port.
   sa.node_0_address = "fe80::1";
@@ -361,14 +373,6 @@ TEST(ServerArgs, LaterFeaturesAreStartupErrors) {
       {[](ServerArgs& a) { a.dtype = "float32"; },
        "--dtype float32: converting weights is not implemented yet"},
       {[](ServerArgs& a) { a.dtype = "bfloat16"; }, "--dtype bfloat16"},
-      {[](ServerArgs& a) {
-         a.tp_size = 4;
-         a.dp_size = 2;
-         a.enable_dp_attention = true;
-         a.nnodes = 2;
-         a.node_0_address = "h";
-       },
-       "DP attention across machines is not implemented yet"},
   };
   for (const Case& c : cases) {
     ServerArgs sa = valid();
@@ -383,11 +387,23 @@ TEST(ServerArgs, DpAttentionIsImplemented) {
       parse({"--model-path", "/m", "--tp-size", "4", "--dp-size", "2", "--enable-dp-attention"});
   EXPECT_EQ(validate_error(sa), "");
   EXPECT_EQ(implemented_error(sa), "");
+  // Across nodes too (the leaders' sockets are tcp then).
+  ServerArgs nodes =
+      parse({"--model-path", "/m", "--tp-size", "4", "--dp-size", "2", "--enable-dp-attention",
+             "--nnodes", "2", "--node-0-address", "h", "--cluster-secret", "s"});
+  EXPECT_EQ(validate_error(nodes), "");
+  EXPECT_EQ(implemented_error(nodes), "");
+  // Plain DP replicas over nodes: the replica ranks divide evenly, not each replica's ranks.
+  ServerArgs replicas = parse({"--model-path", "/m", "--dp-size", "2", "--nnodes", "2",
+                               "--node-0-address", "h", "--cluster-secret", "s"});
+  EXPECT_EQ(validate_error(replicas), "");
+  EXPECT_EQ(implemented_error(replicas), "");
 }
 
 TEST(ServerArgs, TensorParallelAndMultiNodeAreImplemented) {
-  ServerArgs sa = parse({"--model-path", "/m", "--tp-size", "4", "--nnodes", "2", "--node-rank",
-                         "1", "--node-0-address", "10.0.0.1", "--dist-timeout", "7.5"});
+  ServerArgs sa =
+      parse({"--model-path", "/m", "--tp-size", "4", "--nnodes", "2", "--node-rank", "1",
+             "--node-0-address", "10.0.0.1", "--dist-timeout", "7.5", "--cluster-secret", "s"});
   EXPECT_EQ(validate_error(sa), "");
   EXPECT_EQ(implemented_error(sa), "");
   EXPECT_EQ(sa.dist_timeout, 7.5);
@@ -440,11 +456,62 @@ TEST(ServerArgs, ToJsonHasEveryFieldAndMasksTheKey) {
                           "log_level",
                           "log_requests",
                           "watchdog_timeout",
+                          "heartbeat_timeout",
+                          "max_restarts",
+                          "shutdown_timeout",
                           "enable_metrics"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   EXPECT_TRUE(ServerArgs{}.to_json()["random_seed"].is_null());
   EXPECT_TRUE(ServerArgs{}.to_json()["api_key"].is_null());
+}
+
+// --cluster-secret: required with several nodes (after the other checks), read from
+// $DPSERVE_CLUSTER_SECRET when the flag is absent (the flag wins), never in to_json.
+TEST(ServerArgs, ClusterSecretFlagEnvironmentAndMask) {
+  ServerArgs nodes =
+      parse({"--model-path", "/m", "--tp-size", "2", "--nnodes", "2", "--node-0-address", "h"});
+  EXPECT_EQ(validate_error(nodes),
+            "--cluster-secret is required when --nnodes > 1 (got --nnodes 2): give every node the "
+            "same secret, e.g. from `od -An -tx1 -N32 /dev/urandom | tr -d ' \\n'`, through the "
+            "flag or $DPSERVE_CLUSTER_SECRET");
+  EXPECT_EQ(validate_error(parse({"--model-path", "/m"})), "");  // one node generates its own
+
+  ::setenv(kClusterSecretEnv, "from-env", 1);
+  const ServerArgs env =
+      parse({"--model-path", "/m", "--tp-size", "2", "--nnodes", "2", "--node-0-address", "h"});
+  const ServerArgs flag = parse({"--model-path", "/m", "--cluster-secret", "from-flag"});
+  ::unsetenv(kClusterSecretEnv);
+  EXPECT_EQ(env.cluster_secret, "from-env");
+  EXPECT_EQ(validate_error(env), "");
+  EXPECT_EQ(flag.cluster_secret, "from-flag");
+  EXPECT_EQ(flag.to_json().dump().find("from-flag"), std::string::npos);
+  EXPECT_FALSE(flag.to_json().contains("cluster_secret"));
+}
+
+TEST(ServerArgs, HttpTimeoutParsesAndValidates) {
+  EXPECT_EQ(parse({"--model-path", "/m"}).http_timeout, 60.0);
+  const ServerArgs sa = parse({"--model-path", "/m", "--http-timeout", "2.5"});
+  EXPECT_EQ(sa.http_timeout, 2.5);
+  EXPECT_EQ(sa.to_json()["http_timeout"], 2.5);
+  EXPECT_EQ(validate_error(sa), "");
+  for (const std::string bad : {"0", "-1"}) {
+    EXPECT_EQ(validate_error(parse({"--model-path", "/m", "--http-timeout", bad})),
+              "--http-timeout must be > 0 seconds, got " + bad);
+  }
+}
+
+TEST(ServerArgs, LoopbackHostsAreTheOnesThatReachOnlyThisMachine) {
+  for (const char* host :
+       {"127.0.0.1", "127.0.0.53", "127.255.255.254", "127.1", "localhost", "LocalHost",
+        "localhost.", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"}) {
+    EXPECT_TRUE(is_loopback_host(host)) << host;
+  }
+  for (const char* host : {"0.0.0.0", "::", "", "0", "10.0.0.5", "192.168.1.2", "128.0.0.1",
+                           "126.255.255.255", "::ffff:10.0.0.1", "fe80::1", "example.com", "myhost",
+                           "localhost.example.com", "127.0.0.1.example.com"}) {
+    EXPECT_FALSE(is_loopback_host(host)) << host;
+  }
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -49,7 +51,8 @@ Value f_tojson(const Value& v, const Args& a) {
                        {"sort_keys", Value::boolean(false)}});
   int indent = -1;
   if (p[1].kind() == Kind::Int) {
-    indent = static_cast<int>(std::max<int64_t>(0, p[1].as_int()));
+    // Capped before the cast (a larger one would wrap); output size is capped by to_json.
+    indent = static_cast<int>(std::clamp<int64_t>(p[1].as_int(), 0, 1 << 16));
   } else if (!p[1].is_none()) {
     fail("indent must be an integer or None");
   }
@@ -221,15 +224,32 @@ Value f_unique(const Value& v, const Args& a) {
 Value f_abs(const Value& v, const Args& a) {
   bind_args(a, "abs", {});
   if (v.kind() == Kind::Float) return Value::number(std::fabs(v.as_double()));
-  if (v.kind() == Kind::Int || v.kind() == Kind::Bool)
+  if (v.kind() == Kind::Int || v.kind() == Kind::Bool) {
+    if (v.as_int() == std::numeric_limits<int64_t>::min()) {
+      fail("integer overflow in abs() (template integers are 64-bit)");
+    }
     return Value::integer(std::llabs(v.as_int()));
+  }
   fail(fmt::format("bad operand type for abs(): '{}'", v.type_name()));
+}
+
+// A float truncated to an integer; NaN gives nullopt, a value outside int64 fails (Python's
+// int(inf) raises; its larger ints do not exist here).
+std::optional<int64_t> truncate_to_int(double d) {
+  if (std::isnan(d)) return std::nullopt;
+  if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) {
+    fail(fmt::format("cannot convert {} to a 64-bit integer", d));
+  }
+  return static_cast<int64_t>(d);
 }
 
 Value f_int(const Value& v, const Args& a) {
   auto p = bind_args(a, "int", P{{"default", Value::integer(0)}});
   if (v.kind() == Kind::Int || v.kind() == Kind::Bool) return Value::integer(v.as_int());
-  if (v.kind() == Kind::Float) return Value::integer(static_cast<int64_t>(v.as_double()));
+  if (v.kind() == Kind::Float) {
+    const std::optional<int64_t> i = truncate_to_int(v.as_double());
+    return i ? Value::integer(*i) : p[0];
+  }
   if (v.is_string()) {
     const std::string s = py_strip(v.as_string(), nullptr, true, true);
     char* end = nullptr;
@@ -237,8 +257,10 @@ Value f_int(const Value& v, const Args& a) {
     const long long i = std::strtoll(s.c_str(), &end, 10);
     if (!s.empty() && *end == '\0' && errno == 0) return Value::integer(i);
     const double d = std::strtod(s.c_str(), &end);
-    if (!s.empty() && *end == '\0' && std::isfinite(d))
-      return Value::integer(static_cast<int64_t>(d));
+    if (!s.empty() && *end == '\0' && std::isfinite(d)) {
+      const std::optional<int64_t> i = truncate_to_int(d);
+      if (i) return Value::integer(*i);
+    }
   }
   return p[0];
 }
@@ -260,9 +282,16 @@ Value f_indent(const Value& v, const Args& a) {
                      P{{"width", Value::integer(4)},
                        {"first", Value::boolean(false)},
                        {"blank", Value::boolean(false)}});
-  const std::string pad =
-      p[0].is_string() ? p[0].as_string() : std::string(static_cast<size_t>(p[0].as_int()), ' ');
   const std::string s = v.to_str();
+  // Python: ' ' * width ('' for a negative width); the result is capped like `*`.
+  const int64_t width = p[0].is_string() ? 0 : std::max<int64_t>(0, p[0].as_int());
+  const auto lines = static_cast<size_t>(std::count(s.begin(), s.end(), '\n')) + 1;
+  const size_t pad_size = p[0].is_string() ? p[0].as_string().size() : static_cast<size_t>(width);
+  if (pad_size > 0 && (pad_size > kMaxGeneratedBytes || s.size() > kMaxGeneratedBytes ||
+                       lines > (kMaxGeneratedBytes - s.size()) / pad_size)) {
+    fail("indent() result too large");
+  }
+  const std::string pad = p[0].is_string() ? p[0].as_string() : std::string(pad_size, ' ');
   std::string out;
   size_t start = 0;
   bool first_line = true;

@@ -2,6 +2,8 @@
 
 #include "dpserve/chat_template/interpreter.h"
 
+#include <limits>
+
 #include <fmt/format.h>
 
 #include "dpserve/chat_template/builtins.h"
@@ -324,6 +326,9 @@ class Interpreter {
         if (v.kind() == Kind::Float)
           return Value::number(e.op == "-" ? -v.as_double() : v.as_double());
         if (v.kind() == Kind::Int || v.kind() == Kind::Bool) {
+          if (e.op == "-" && v.as_int() == std::numeric_limits<int64_t>::min()) {
+            fail("integer overflow in unary - (template integers are 64-bit)");
+          }
           return Value::integer(e.op == "-" ? -v.as_int() : v.as_int());
         }
         fail(fmt::format("bad operand type for unary {}: '{}'", e.op, v.type_name()));
@@ -396,9 +401,10 @@ Value range_fn(Args& a) {
   }
   if (step == 0) fail("range() step must not be zero");
   List out;
-  for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+  for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
     if (out.size() >= 1000000) fail("range() too large");
     out.push_back(Value::integer(i));
+    if (__builtin_add_overflow(i, step, &i)) break;  // past INT64_MAX / MIN: stop is passed
   }
   return Value::list(std::move(out));
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -307,13 +308,53 @@ bool is_numeric(const Value& v) {
                    b.type_name()));
 }
 
+// Integers are 64-bit (Python's are unbounded): a result that does not fit is an error.
+[[noreturn]] void int_overflow(const char* op) {
+  fail(fmt::format("integer overflow in '{}' (template integers are 64-bit)", op));
+}
+
+int64_t checked_add(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) int_overflow("+");
+  return r;
+}
+
+int64_t checked_sub(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_sub_overflow(a, b, &r)) int_overflow("-");
+  return r;
+}
+
+int64_t checked_mul(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) int_overflow("*");
+  return r;
+}
+
+// a ** b for b >= 0 by squaring; |a| <= 1 never overflows, any other base within 63 steps.
+int64_t checked_pow(int64_t a, int64_t b) {
+  if (a == 0 || a == 1) return b == 0 ? 1 : a;
+  if (a == -1) return b % 2 == 0 ? 1 : -1;
+  int64_t r = 1;
+  while (b > 0) {
+    if (b & 1) {
+      if (__builtin_mul_overflow(r, a, &r)) int_overflow("**");
+    }
+    b >>= 1;
+    if (b > 0 && __builtin_mul_overflow(a, a, &a)) int_overflow("**");
+  }
+  return r;
+}
+
 int64_t floor_div(int64_t a, int64_t b) {
+  if (a == std::numeric_limits<int64_t>::min() && b == -1) int_overflow("//");
   int64_t q = a / b;
   if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
   return q;
 }
 
 int64_t py_mod(int64_t a, int64_t b) {
+  if (b == -1) return 0;  // INT64_MIN % -1 traps on x86
   int64_t r = a % b;
   if (r != 0 && ((r < 0) != (b < 0))) r += b;
   return r;
@@ -325,7 +366,17 @@ double py_fmod(double a, double b) {
   return r;
 }
 
+// Largest list (items) that `*` builds, like range()'s limit; strings: kMaxGeneratedBytes.
+constexpr int64_t kMaxRepeatItems = 1000000;
+
 Value repeat(const Value& seq, int64_t n) {
+  const int64_t unit = seq.is_string() ? static_cast<int64_t>(seq.as_string().size())
+                                       : static_cast<int64_t>(seq.as_list().size());
+  const int64_t limit =
+      seq.is_string() ? static_cast<int64_t>(kMaxGeneratedBytes) : kMaxRepeatItems;
+  if (n > 0 && unit > 0 && n > limit / unit) {
+    fail(fmt::format("sequence repetition too large ({} x {})", unit, n));
+  }
   if (seq.is_string()) {
     std::string out;
     for (int64_t i = 0; i < n; ++i) out += seq.as_string();
@@ -409,7 +460,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   if (op == "+") {
     if (nums) {
       return floats ? Value::number(a.as_double() + b.as_double())
-                    : Value::integer(a.as_int() + b.as_int());
+                    : Value::integer(checked_add(a.as_int(), b.as_int()));
     }
     if (a.is_string() && b.is_string()) return Value::string(a.as_string() + b.as_string());
     if (a.is_list() && b.is_list()) {
@@ -420,12 +471,12 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
   } else if (op == "-") {
     if (nums) {
       return floats ? Value::number(a.as_double() - b.as_double())
-                    : Value::integer(a.as_int() - b.as_int());
+                    : Value::integer(checked_sub(a.as_int(), b.as_int()));
     }
   } else if (op == "*") {
     if (nums) {
       return floats ? Value::number(a.as_double() * b.as_double())
-                    : Value::integer(a.as_int() * b.as_int());
+                    : Value::integer(checked_mul(a.as_int(), b.as_int()));
     }
     const bool a_int = a.kind() == Kind::Int || a.kind() == Kind::Bool;
     const bool b_int = b.kind() == Kind::Int || b.kind() == Kind::Bool;
@@ -451,11 +502,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
     if (a.is_string()) fail("printf-style string formatting with % is not supported");
   } else if (op == "**") {
     if (nums) {
-      if (!floats && b.as_int() >= 0) {
-        int64_t r = 1;
-        for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
-        return Value::integer(r);
-      }
+      if (!floats && b.as_int() >= 0) return Value::integer(checked_pow(a.as_int(), b.as_int()));
       return Value::number(std::pow(a.as_double(), b.as_double()));
     }
   }
@@ -527,8 +574,10 @@ namespace {
 void json_into(std::string& out, const Value& v, int indent, int depth, const std::string& item_sep,
                const std::string& key_sep, bool sort_keys, bool ensure_ascii) {
   auto newline = [&](int d) {
+    const size_t pad = static_cast<size_t>(indent) * static_cast<size_t>(d);
+    if (out.size() + pad > kMaxGeneratedBytes) fail("tojson output too large");
     out.push_back('\n');
-    out.append(static_cast<size_t>(indent * d), ' ');
+    out.append(pad, ' ');
   };
   switch (v.kind()) {
     case Kind::None:

@@ -1,6 +1,7 @@
 #pragma once
 // Dynamically typed values of the chat template engine (a Jinja subset with Python semantics).
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -28,6 +29,10 @@ class Failure : public std::runtime_error {
 
 // Throws Failure with a formatted message.
 [[noreturn]] void fail(std::string message);
+
+// Largest string one operation may build (`*`, indent, tojson): a runaway template fails instead
+// of exhausting memory.
+inline constexpr size_t kMaxGeneratedBytes = size_t{1} << 24;
 
 // The elements of a list value.
 using List = std::vector<Value>;

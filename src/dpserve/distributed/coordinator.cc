@@ -370,6 +370,11 @@ Coordinator::Coordinator(CoordinatorOptions options)
   state_->router.set(zmq::sockopt::sndhwm, 0);
   state_->router.set(zmq::sockopt::rcvhwm, 0);
   if (options_.host.find(':') != std::string::npos) state_->router.set(zmq::sockopt::ipv6, 1);
+  if (!options_.secret.empty()) {
+    secure_server_socket(state_->router, options_.secret, "coordinator");
+  } else {
+    spdlog::warn("coordinator: no cluster secret: any peer that reaches the port can join");
+  }
   const std::string requested = coordinator_address(options_.host, options_.port);
   const std::string bind_to =
       options_.port == 0 ? requested.substr(0, requested.rfind(':')) + ":*" : requested;
@@ -382,8 +387,9 @@ Coordinator::Coordinator(CoordinatorOptions options)
   port_ = std::stoi(endpoint_.substr(endpoint_.rfind(':') + 1));
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) throw_error("coordinator: eventfd failed: {}", strerror(errno));
-  spdlog::info("coordinator: serving on {} (heartbeat every {} ms, dead after {} ms)", endpoint_,
-               options_.heartbeat_interval.count(), options_.heartbeat_timeout.count());
+  spdlog::info("coordinator: serving on {} (heartbeat every {} ms, dead after {} ms, {})",
+               endpoint_, options_.heartbeat_interval.count(), options_.heartbeat_timeout.count(),
+               options_.secret.empty() ? "no authentication" : "cluster secret required");
   thread_ = std::thread([this] { serve(); });
 }
 
@@ -529,6 +535,23 @@ std::vector<RankState> Coordinator::rank_states() const {
   return out;
 }
 
+bool Coordinator::declare_dead(int global_rank, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    auto it = state_->ranks.find(global_rank);
+    if (it == state_->ranks.end() || it->second.state != RankLiveness::kAlive) return false;
+    State::Rank& r = it->second;
+    r.state = RankLiveness::kDead;
+    spdlog::info("coordinator: {} (host {}, pid {}) declared dead: {}",
+                 rank_label(global_rank, r.info.node_rank), r.info.host, r.info.pid, why);
+    state_->drop_client(
+        r.identity, fmt::format("{} is dead: {}", rank_label(global_rank, r.info.node_rank), why));
+    state_->ranks_changed.notify_all();
+  }
+  wake();  // the service thread sends the failed barriers' answers
+  return true;
+}
+
 int Coordinator::broadcast_shutdown(const std::string& reason) {
   int n = 0;
   {
@@ -538,6 +561,15 @@ int Coordinator::broadcast_shutdown(const std::string& reason) {
   }
   wake();
   return n;
+}
+
+void Coordinator::set(const std::string& key, const std::string& value) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->kv[key] = value;
+    state_->release_waiters();
+  }
+  wake();  // the service thread sends the answers release_waiters queued
 }
 
 }  // namespace dpserve

@@ -12,7 +12,9 @@
 //
 // It serves one ROUTER socket on tcp://host:port from one thread of its own; blocking requests
 // (get, wait, barrier) are parked and answered when they complete or time out, so one slow
-// client never holds up another. The launcher calls the public methods from any thread.
+// client never holds up another. The launcher calls the public methods from any thread. The
+// socket is secured with the cluster's secret (ipc/zmq_auth.h): a peer without it never gets
+// past the handshake, so it can neither register nor send a request, and it is logged.
 
 #include <condition_variable>
 #include <functional>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "dpserve/distributed/coordinator_types.h"
+#include "dpserve/ipc/zmq_auth.h"
 
 namespace dpserve {
 
@@ -32,6 +35,9 @@ struct CoordinatorOptions {
   int port = 0;                     // TCP port (--coordinator-port); 0 = an ephemeral port
   Millis heartbeat_interval{1000};  // how often clients heartbeat (told to them on connect)
   Millis heartbeat_timeout{10000};  // silence after which a rank is dead (and the coordinator lost)
+  // Only clients presenting this secret's CURVE keys get through (refused peers are logged);
+  // empty = plaintext, for tests only (the launcher always sets one).
+  ClusterSecret secret;
   // Called on the coordinator's thread when a rank is declared dead; it must return quickly and
   // must not call back into the Coordinator's blocking methods.
   std::function<void(const RankState&)> on_rank_dead;
@@ -60,6 +66,13 @@ class Coordinator {
   // Sends "shutdown" with `reason` to every connected client (their on_shutdown callbacks run);
   // returns how many clients it was sent to. Best effort: it does not wait for them to act.
   int broadcast_shutdown(const std::string& reason);
+  // Sets `key` in the store from this process (what the launcher publishes for the ranks, such
+  // as node 0's socket endpoints); parked gets of it are answered.
+  void set(const std::string& key, const std::string& value);
+  // Declares `global_rank` dead now (the launcher saw its process exit, or killed it): barriers it
+  // was in fail for the others with `why`, and a new process may register the rank again. No
+  // on_rank_dead callback runs. Returns false when the rank is unknown or not alive.
+  bool declare_dead(int global_rank, const std::string& why);
   // Stops the service thread and closes the socket; clients then see the coordinator as lost.
   // Idempotent.
   void stop();

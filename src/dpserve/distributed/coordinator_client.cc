@@ -103,6 +103,7 @@ struct CoordinatorClient::Io {
   std::string label = fmt::format("pid {}", getpid());
   Millis heartbeat_interval{0}, heartbeat_timeout{0};  // from the hello answer
   bool hello_done = false;
+  int refused_handshakes = 0;  // connections the coordinator dropped during the handshake
 
   explicit Io(const CoordinatorClientOptions& o) : options(o) {}
 
@@ -133,6 +134,9 @@ struct CoordinatorClient::Io {
       wake();
       thread.join();
     }
+    // Stop the monitor first: ZeroMQ's I/O thread blocks sending an event (a reconnection's
+    // handshake failing, say) to a monitor whose reader is gone, which hangs every socket.
+    if (dealer.handle() != nullptr) zmq_socket_monitor(dealer.handle(), nullptr, 0);
     monitor.close();
     dealer.close();
     if (wake_fd >= 0) ::close(wake_fd);
@@ -200,6 +204,18 @@ void CoordinatorClient::Io::run() {
       if (event.more()) (void)monitor.recv(endpoint, zmq::recv_flags::none);
       if (id == ZMQ_EVENT_CONNECTED) connected = true;
       if (id == ZMQ_EVENT_DISCONNECTED && connected) disconnected = true;
+      if (id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+          id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+        // Without the cluster's secret the coordinator drops the connection mid-handshake (once
+        // connected, a failed reconnection is the coordinator going away, reported as lost).
+        std::lock_guard<std::mutex> lock(mu);
+        if (!hello_done && refused_handshakes++ == 0) {
+          spdlog::warn(
+              "{}: the coordinator at {} did not accept the handshake; is --cluster-secret "
+              "the same as node 0's? (retrying until --dist-timeout)",
+              label, options.address);
+        }
+      }
     }
     now = Clock::now();
     std::unique_lock<std::mutex> lock(mu);
@@ -289,12 +305,16 @@ CoordinatorClient::CoordinatorClient(CoordinatorClientOptions options)
   io_->dealer.set(zmq::sockopt::sndhwm, 0);
   io_->dealer.set(zmq::sockopt::rcvhwm, 0);
   if (options_.address.find('[') != std::string::npos) io_->dealer.set(zmq::sockopt::ipv6, 1);
-  if (zmq_socket_monitor(io_->dealer.handle(), monitor_ep.c_str(),
-                         ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+  if (!options_.secret.empty()) secure_client_socket(io_->dealer, options_.secret);
+  const int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                     ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                     ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+  if (zmq_socket_monitor(io_->dealer.handle(), monitor_ep.c_str(), events) != 0) {
     throw_error("coordinator client: socket monitor failed: {}", zmq_strerror(zmq_errno()));
   }
   io_->monitor = zmq::socket_t(zmq_context(), zmq::socket_type::pair);
   io_->monitor.set(zmq::sockopt::linger, 0);
+  io_->monitor.set(zmq::sockopt::rcvhwm, 0);  // a full monitor queue would block ZeroMQ's I/O
   io_->monitor.connect(monitor_ep);
   try {
     io_->dealer.connect(options_.address);
@@ -310,7 +330,14 @@ CoordinatorClient::CoordinatorClient(CoordinatorClientOptions options)
     call(std::move(hello));
   } catch (const Error&) {
     io_->close();
-    const std::string cause = probe_cause(options_.address);
+    const int refused = io_->refused_handshakes;  // the I/O thread has stopped
+    const std::string cause =
+        refused > 0 ? fmt::format(
+                          "the coordinator did not accept this rank ({} handshake{} refused); a "
+                          "wrong --cluster-secret (it must be the same on every node) is the "
+                          "likely cause",
+                          refused, refused == 1 ? "" : "s")
+                    : probe_cause(options_.address);
     const std::string msg =
         fmt::format("cannot reach the coordinator at {} after {:.1f} s: {}", options_.address,
                     options_.dist_timeout.count() / 1000.0, cause);

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "dpserve/distributed/coordinator_types.h"
+#include "dpserve/ipc/zmq_auth.h"
 
 namespace dpserve {
 
@@ -37,6 +38,9 @@ struct CoordRequest;
 struct CoordinatorClientOptions {
   std::string address;         // "tcp://host:port" (coordinator_address())
   Millis dist_timeout{30000};  // how long to retry reaching the coordinator (SGLang --dist-timeout)
+  // The cluster's secret: the coordinator accepts only clients presenting its CURVE keys; empty =
+  // plaintext (only reaches a coordinator without a secret).
+  ClusterSecret secret;
   // Called once when the coordinator broadcasts shutdown, with its reason.
   std::function<void(const std::string& reason)> on_shutdown;
   // Called once when the coordinator is lost (no answer, connection closed), with the cause.
@@ -46,7 +50,8 @@ struct CoordinatorClientOptions {
 class CoordinatorClient {
  public:
   // Connects and waits until the coordinator answers, retrying until dist_timeout; then throws
-  // dpserve::Error "cannot reach the coordinator at tcp://10.0.0.1:5000 after 30.0 s: <cause>".
+  // dpserve::Error "cannot reach the coordinator at tcp://10.0.0.1:5000 after 30.0 s: <cause>"
+  // (a refused handshake names --cluster-secret as the likely cause).
   explicit CoordinatorClient(CoordinatorClientOptions options);
   // Leaves (when registered and the coordinator is still there), stops the I/O thread.
   ~CoordinatorClient();

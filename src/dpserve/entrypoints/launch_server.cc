@@ -3,22 +3,28 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
 #include "dpserve/common/logging.h"
+#include "dpserve/distributed/coordinator_client.h"
+#include "dpserve/distributed/coordinator_types.h"
 #include "dpserve/entrypoints/rank_launcher.h"
+#include "dpserve/entrypoints/server_supervisor.h"
 #include "dpserve/http/http_server.h"
 #include "dpserve/http/native_api.h"
 #include "dpserve/http/openai_api.h"
 #include "dpserve/http/serving_context.h"
 #include "dpserve/ipc/process.h"
+#include "dpserve/ipc/zmq_auth.h"
 #include "dpserve/ipc/zmq_socket.h"
 #include "dpserve/managers/scheduler_process.h"
 #include "dpserve/managers/tokenizer_manager.h"
@@ -71,75 +77,136 @@ void remember_pids(const std::vector<pid_t>& pids) {
   for (size_t i = 0; i < pids.size(); ++i) g_child_pids[i].store(pids[i]);
 }
 
-// What ended the serving loop.
-struct StopCause {
-  int signal = 0;                // the signal received, or 0
-  std::optional<RankExit> rank;  // set when a scheduler rank died
-};
-
-// Waits for a signal or for a scheduler rank's exit.
-StopCause wait_for_stop(RankLauncher& ranks) {
-  for (;;) {
-    std::vector<pollfd> fds = {{g_signal_pipe[0], POLLIN, 0}};
-    for (int fd : ranks.exit_fds()) fds.push_back({fd, POLLIN, 0});
-    const int rc = ::poll(fds.data(), fds.size(), 200);
-    if (rc < 0 && errno != EINTR) throw_error("poll: {}", std::strerror(errno));
-    if (rc > 0 && (fds[0].revents & POLLIN) != 0) {
-      unsigned char b = 0;
-      if (::read(g_signal_pipe[0], &b, 1) == 1) return {static_cast<int>(b), std::nullopt};
-    }
-    if (auto exit = ranks.poll_exit()) {
-      // A signal to the whole process group (Ctrl-C, a service manager) may kill a rank before
-      // our own handler's byte is read: give it a moment, so that shutdown stays graceful.
-      pollfd sig{g_signal_pipe[0], POLLIN, 0};
-      if (::poll(&sig, 1, 100) > 0) {
-        unsigned char b = 0;
-        if (::read(g_signal_pipe[0], &b, 1) == 1) return {static_cast<int>(b), std::nullopt};
-      }
-      return {0, std::move(exit)};
-    }
-  }
-}
-
-// A node other than node 0: runs its scheduler ranks and a /health endpoint (200 while every
-// local rank runs) until a rank exits (node 0 stopping them, or a failure) or a signal arrives.
+// A node other than node 0: runs its scheduler ranks and a /health endpoint until node 0 stops
+// the cluster (its ranks exit 0 on the coordinator's shutdown broadcast, and so does this
+// launcher's own coordinator client) or a signal arrives. A local rank that fails is left to
+// node 0, which notices it (its ranks' collectives fail, or the heartbeats stop) and, for TP /
+// DP attention, publishes a restart generation in the coordinator: this node then kills its
+// ranks and starts them again as that generation. Exit status 1 when the cluster stopped after a
+// local failure or node 0's coordinator was lost.
 int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serve_args) {
   RuntimeDir runtime_dir("dpserve");
   RankLauncher ranks(args, serve_args, runtime_dir.path());
   remember_pids(ranks.pids());
   ranks.wait_ready(std::chrono::hours(2));
+  const std::vector<int> local = ranks.local_ranks();
+
+  // Node 0's restarts and shutdown reach this launcher through a coordinator client of its own.
+  std::atomic<bool> node0_shutdown{false};
+  std::atomic<bool> lost{false};
+  CoordinatorClientOptions copt;
+  copt.address = coordinator_address(args.node_0_address, args.coordinator_port);
+  copt.dist_timeout = Millis(static_cast<int64_t>(args.dist_timeout * 1000));
+  copt.secret = ClusterSecret(args.cluster_secret);
+  copt.on_shutdown = [&node0_shutdown](const std::string&) { node0_shutdown.store(true); };
+  copt.on_lost = [&lost](const std::string&) { lost.store(true); };
+  CoordinatorClient client(std::move(copt));
+
+  std::mutex health_mu;
+  std::string unhealthy;  // why /health answers 503; empty = 200
+  auto set_health = [&](std::string why) {
+    std::lock_guard<std::mutex> lock(health_mu);
+    unhealthy = std::move(why);
+  };
   HttpServerOptions http_options;
   http_options.host = args.host;
   http_options.port = args.port;
   HttpServer http(http_options);
-  std::atomic<bool> healthy{true};
-  http.get("/health",
-           [&healthy](const httplib::Request&, httplib::Response& res, const nlohmann::json&) {
-             if (!healthy.load()) {
-               throw ApiError(503, "a scheduler rank of this node exited", "service_unavailable");
-             }
-             res.status = 200;
-           });
+  http.get("/health", [&](const httplib::Request&, httplib::Response& res, const nlohmann::json&) {
+    std::lock_guard<std::mutex> lock(health_mu);
+    if (!unhealthy.empty()) throw ApiError(503, unhealthy, "service_unavailable");
+    res.status = 200;
+  });
   http.bind();
   http.start();
   g_serving.store(true);
   spdlog::info("node {} of {}: {} scheduler ranks ready; /health on http://{}:{}", args.node_rank,
-               args.nnodes, ranks.pids().size(), args.host, args.port);
-  const StopCause cause = wait_for_stop(ranks);
-  healthy.store(false);
-  int code = 0;
-  if (cause.rank) {
-    // Node 0 stops the other nodes through the coordinator: their ranks exit 0.
-    code = cause.rank->status == ExitStatus{0, 0} ? 0 : 1;
-    if (code == 0) {
-      spdlog::info("{} exited: node 0 shut down; stopping this node", cause.rank->name);
-    } else {
-      spdlog::critical("{} died: {}; this node stops", cause.rank->name,
-                       cause.rank->status.describe());
+               args.nnodes, local.size(), args.host, args.port);
+
+  int generation = 0;
+  bool local_failure = false;
+  std::vector<bool> starting;  // per local rank while a restart runs
+  int code = -1;
+  auto last_check = std::chrono::steady_clock::now();
+  while (code < 0) {
+    std::vector<pollfd> fds = {{g_signal_pipe[0], POLLIN, 0}};
+    for (int fd : ranks.exit_fds()) fds.push_back({fd, POLLIN, 0});
+    const int rc = ::poll(fds.data(), fds.size(), 100);
+    if (rc < 0 && errno != EINTR) throw_error("poll: {}", std::strerror(errno));
+    unsigned char sig = 0;
+    if (rc > 0 && (fds[0].revents & POLLIN) != 0 && ::read(g_signal_pipe[0], &sig, 1) == 1) {
+      spdlog::info("received {}: stopping this node", strsignal(sig));
+      code = 0;
+      break;
     }
-  } else {
-    spdlog::info("received {}: stopping this node", strsignal(cause.signal));
+    for (const RankExit& e : ranks.poll_exits()) {
+      if (e.status == ExitStatus{0, 0}) {
+        spdlog::info("{} exited: node 0 shut down; stopping this node", e.name);
+        code = local_failure ? 1 : 0;
+        break;
+      }
+      local_failure = true;
+      spdlog::error("{} (node {}, pid {}) died ({}); node 0 decides: a restart or a stop", e.name,
+                    args.node_rank, e.pid, e.status.describe());
+      set_health(fmt::format("{} died ({}); waiting for node 0 to restart the ranks", e.name,
+                             e.status.describe()));
+    }
+    if (code >= 0) break;
+    if (node0_shutdown.load()) {
+      spdlog::info("node 0 shut down; stopping this node");
+      code = local_failure ? 1 : 0;
+      break;
+    }
+    if (lost.load()) {
+      spdlog::critical("lost node 0's coordinator at {}; this node stops", client.address());
+      code = 1;
+      break;
+    }
+    // Node 0 asks for a restart by publishing the next generation.
+    if (std::chrono::steady_clock::now() - last_check >= std::chrono::milliseconds(200)) {
+      last_check = std::chrono::steady_clock::now();
+      bool restart = false;
+      try {
+        restart = client.check({lifecycle_restart_key(generation + 1)});
+      } catch (const Error& e) {
+        spdlog::warn("cannot ask the coordinator for restarts: {}", e.what());
+      }
+      if (restart) {
+        ++generation;
+        spdlog::warn("node 0 restarts every rank (generation {}): restarting this node's {} ranks",
+                     generation, local.size());
+        ranks.kill_ranks(local, "node 0 restarts the ranks");
+        ranks.respawn(local, generation);
+        remember_pids(ranks.pids());
+        starting.assign(local.size(), true);
+        set_health(fmt::format("restarting the scheduler ranks (generation {})", generation));
+      }
+    }
+    // Readiness of a restart (the ranks are ready once every rank of every node joined).
+    for (size_t i = 0; i < starting.size(); ++i) {
+      ChildProcess& c = ranks.child(local[i]);
+      if (!starting[i] || c.ready_fd() < 0) continue;
+      pollfd p{c.ready_fd(), POLLIN, 0};
+      if (::poll(&p, 1, 0) <= 0) continue;
+      try {
+        c.wait_ready(std::chrono::seconds(5));
+        starting[i] = false;
+      } catch (const Error& e) {
+        starting[i] = false;
+        local_failure = true;
+        spdlog::error("{}; waiting for node 0 to restart the ranks", e.what());
+        set_health(e.what());
+      }
+      if (std::none_of(starting.begin(), starting.end(), [](bool b) { return b; }) &&
+          std::all_of(local.begin(), local.end(),
+                      [&](int r) { return !ranks.child(r).exit_status().has_value(); })) {
+        spdlog::info("this node's ranks are back (generation {})", generation);
+        local_failure = false;
+        set_health("");
+      }
+    }
   }
+  set_health("this node is stopping");
   ranks.terminate_all(std::chrono::seconds(5));
   http.stop();
   runtime_dir.remove();
@@ -157,11 +224,50 @@ void drain(TokenizerManager& tm, std::chrono::milliseconds timeout) {
   }
 }
 
+// The HTTP options of node 0's server, from the flags.
+HttpServerOptions http_options_of(const ServerArgs& args) {
+  HttpServerOptions o;
+  o.host = args.host;
+  o.port = args.port;
+  o.api_key = args.api_key;
+  o.log_requests = args.log_requests;
+  o.timeout_s = args.http_timeout;
+  return o;
+}
+
+// The port opens as soon as the server starts: while the model loads, /health and every other
+// route answer 503 "starting" (with Retry-After), so probes see a live process that is not ready
+// yet, and a busy port fails at once instead of after loading.
+std::unique_ptr<HttpServer> start_placeholder_http(const ServerArgs& args) {
+  HttpServerOptions o = http_options_of(args);
+  o.max_threads = 8;
+  auto http = std::make_unique<HttpServer>(o);
+  const httplib::Server::Handler starting = [](const httplib::Request&, httplib::Response& res) {
+    set_error_response(res, ApiError(503,
+                                     "the server is starting: the model is loading and the "
+                                     "scheduler ranks are joining; retry later",
+                                     "service_unavailable")
+                                .with_retry_after(5));
+  };
+  httplib::Server& raw = http->raw();
+  raw.Get(".*", starting);
+  raw.Post(".*", starting);
+  raw.Put(".*", starting);
+  raw.Delete(".*", starting);
+  http->bind();
+  http->start();
+  return http;
+}
+
 }  // namespace
 
 int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_args) {
   install_signal_handlers();
   if (args.node_rank > 0) return run_worker_node(args, serve_args);
+
+  std::unique_ptr<HttpServer> placeholder = start_placeholder_http(args);
+  spdlog::info("starting: http://{}:{}/health answers 503 until the model is loaded", args.host,
+               args.port);
 
   // Sockets first: the child connects to them as soon as it has loaded the model.
   RuntimeDir runtime_dir("dpserve");
@@ -169,25 +275,35 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
   to_scheduler.bind(runtime_dir.endpoint(kSchedulerInputSocket));
   MessageSocket from_scheduler(zmq::socket_type::pull);
   from_scheduler.bind(runtime_dir.endpoint(kSchedulerOutputSocket));
+  std::string output_tcp;
+  if (args.dp_size > 1 && args.nnodes > 1) {
+    // DP group leaders on other nodes send their outputs here over tcp, secured with the cluster
+    // secret (validate() requires one with several nodes); the ipc endpoint bound above stays
+    // plaintext for the local controller.
+    secure_server_socket(from_scheduler.raw(), ClusterSecret(args.cluster_secret),
+                         "scheduler output");
+    from_scheduler.bind("tcp://0.0.0.0:*");
+    output_tcp = from_scheduler.bound_endpoint();
+  }
 
   // Spawned from the main thread, which lives as long as the children (PDEATHSIG follows threads).
-  RankLauncher ranks(args, serve_args, runtime_dir.path());
+  const auto started = std::chrono::steady_clock::now();
+  RankLauncher ranks(args, serve_args, runtime_dir.path(), output_tcp);
   remember_pids(ranks.pids());
   spdlog::info("runtime dir {}", runtime_dir.path());
   const nlohmann::json ready = ranks.wait_ready(std::chrono::hours(2));
   const SchedulerInfo info = SchedulerInfo::from_json(ready);
+  const auto startup = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - started);
 
   std::shared_ptr<const Tokenizer> tokenizer(load_tokenizer(args.effective_tokenizer_path()));
   TokenizerManager tm(tokenizer, info, std::move(to_scheduler), std::move(from_scheduler),
                       args.context_length, args.log_requests);
+  ServerSupervisor supervisor(args, ranks, tm, g_signal_pipe[0], startup);
 
-  HttpServerOptions http_options;
-  http_options.host = args.host;
-  http_options.port = args.port;
-  http_options.api_key = args.api_key;
-  http_options.log_requests = args.log_requests;
-  HttpServer http(http_options);
+  HttpServer http(http_options_of(args));
   ServingContext ctx{args, tm, runtime_dir.path(), static_cast<int64_t>(ranks.pids().front())};
+  ctx.add_lifecycle_info = [&supervisor](nlohmann::json& j) { supervisor.add_server_info(j); };
   register_native_routes(http, ctx);
   register_openai_routes(http, ctx);  // /v1/models, /v1/completions, /v1/chat/completions
   // /metrics: every request (native or OpenAI) feeds the series through the TokenizerManager.
@@ -203,45 +319,29 @@ int launch_server(const ServerArgs& args, const std::vector<std::string>& serve_
     register_metrics_route(http, ctx);
   }
 
-  http.bind();  // the port opens only now that the scheduler is ready
+  placeholder->stop();  // hand the port over to the real routes
+  placeholder.reset();
+  http.bind();
   http.start();
   g_serving.store(true);
   spdlog::info("The server is fired up and ready to roll! Listening on http://{}:{}", args.host,
                args.port);
 
-  const StopCause cause = wait_for_stop(ranks);
-  if (cause.rank) {
-    const std::string what =
-        fmt::format("{} died ({})", cause.rank->name, cause.rank->status.describe());
-    spdlog::critical("{}; the server exits", what);
-    tm.set_scheduler_dead(what);
-    drain(tm, std::chrono::seconds(2));
-    http.stop();
-    tm.shutdown();
-    ranks.terminate_all(std::chrono::seconds(2));
-    runtime_dir.remove();
-    return 1;
-  }
-
-  spdlog::info("received {}: shutting down gracefully ({} requests in flight)",
-               strsignal(cause.signal), tm.num_live_requests());
-  tm.stop_accepting();
-  if (auto exit = ranks.poll_exit()) {
-    // Killed together with us (e.g. SIGTERM to the whole process group).
-    spdlog::warn("{} already exited ({})", exit->name, exit->status.describe());
-    tm.set_scheduler_dead("the server is shutting down");
-  } else {
-    tm.abort_all();
-  }
-  drain(tm, std::chrono::seconds(5));
+  // Failures, restarts and the graceful drain: see server_supervisor.h.
+  const int code = supervisor.run();
+  drain(tm, std::chrono::seconds(2));  // failed or aborted requests: their error answers
   http.stop();
   tm.shutdown();
   if (const auto st = ranks.terminate_all(std::chrono::seconds(5))) {
     spdlog::info("scheduler ranks stopped ({})", st->describe());
   }
   runtime_dir.remove();
-  spdlog::info("server stopped");
-  return 0;
+  if (code == 0) {
+    spdlog::info("server stopped");
+  } else {
+    spdlog::critical("server stopped after a failure it could not recover from");
+  }
+  return code;
 }
 
 }  // namespace dpserve

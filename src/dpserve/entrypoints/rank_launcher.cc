@@ -2,10 +2,13 @@
 
 #include <netdb.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -53,35 +56,51 @@ std::string local_address_towards(const std::string& host, int port) {
   return out;
 }
 
+std::vector<std::string> without_cluster_secret(const std::vector<std::string>& serve_args) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < serve_args.size(); ++i) {
+    if (serve_args[i] == "--cluster-secret") {
+      ++i;  // and its value
+    } else if (!serve_args[i].starts_with("--cluster-secret=")) {
+      out.push_back(serve_args[i]);
+    }
+  }
+  return out;
+}
+
 RankLauncher::RankLauncher(const ServerArgs& args, const std::vector<std::string>& serve_args,
-                           const std::string& runtime_dir) {
+                           const std::string& runtime_dir, const std::string& scheduler_output_tcp)
+    : args_(args), serve_args_(without_cluster_secret(serve_args)), runtime_dir_(runtime_dir) {
+  dead_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (dead_fd_ < 0) throw_error("launcher: eventfd failed: {}", std::strerror(errno));
   // Plain DP: --dp-size replicas of --tp-size ranks, behind the DataParallelController.
   const bool plain_dp = args.dp_size > 1 && !args.enable_dp_attention;
   world_size_ = args.tp_size * (plain_dp ? args.dp_size : 1);
-  // DP attention: one instance of --tp-size ranks, in --dp-size DP groups, also behind the
-  // controller (each group's leader reads from it).
-  if (args.dp_size > 1 && args.node_rank == 0) {
-    // The controller binds the leaders' sockets; it starts first so they find them.
-    controller_ = std::make_unique<ChildProcess>(ChildSpec{
-        .role = kDpControllerRole,
-        .args = data_parallel_controller_args(runtime_dir, args.dp_size, args.load_balance_method,
-                                              std::chrono::milliseconds(10000), args.log_level),
-        .name = "data parallel controller"});
-    controller_->wait_ready(std::chrono::seconds(30));
-    spdlog::info("data parallel controller ready (pid {}): {} groups, {}", controller_->pid(),
-                 args.dp_size, args.load_balance_method);
-  }
   const int per_node = world_size_ / args.nnodes;
   const int first = args.node_rank * per_node;
+  per_node_ = per_node;
+  first_rank_ = first;
   std::string coordinator_addr;
-  if (world_size_ > 1) {
+  // Every layout has the coordinator, one rank too: its heartbeats tell a hung rank (SIGSTOP).
+  {
     if (args.nnodes == 1) {
       gloo_host_ = "127.0.0.1";
     } else {
       gloo_host_ = local_address_towards(args.node_0_address, args.coordinator_port);
     }
+    // The cluster secret: given (flag or environment; validate() requires it with several nodes)
+    // or, on one node, generated here. Local children read it from the environment, never argv.
+    const ClusterSecret secret = args.cluster_secret.empty() ? ClusterSecret::generate()
+                                                             : ClusterSecret(args.cluster_secret);
+    ::setenv(kClusterSecretEnv, secret.value().c_str(), 1);
     if (args.node_rank == 0) {
       CoordinatorOptions copt;
+      copt.secret = secret;
+      // Ranks heartbeat 5 times per --heartbeat-timeout (at most once a second).
+      const auto timeout = Millis(static_cast<int64_t>(args.heartbeat_timeout * 1000));
+      copt.heartbeat_timeout = timeout;
+      copt.heartbeat_interval = std::clamp(timeout / 5, Millis(50), Millis(1000));
+      copt.on_rank_dead = [this](const RankState& st) { on_rank_dead(st); };
       // One node: loopback and an ephemeral port, so servers on one machine never collide.
       copt.host = args.nnodes == 1 ? "127.0.0.1" : "0.0.0.0";
       copt.port = args.nnodes == 1 ? 0 : args.coordinator_port;
@@ -95,30 +114,139 @@ RankLauncher::RankLauncher(const ServerArgs& args, const std::vector<std::string
       coordinator_addr = coordinator_address(args.node_0_address, args.coordinator_port);
     }
   }
-  for (int r = first; r < first + per_node; ++r) {
-    std::vector<std::string> child_args = scheduler_child_args(runtime_dir, serve_args);
-    if (world_size_ > 1) {
-      child_args.insert(child_args.end(),
-                        {kRankFlag, std::to_string(r), kCoordinatorFlag, coordinator_addr,
-                         kLocalRanksFlag, std::to_string(per_node), kGlooHostFlag, gloo_host_});
+  // DP attention: one instance of --tp-size ranks, in --dp-size DP groups, also behind the
+  // controller (each group's leader reads from it).
+  if (args.dp_size > 1 && args.node_rank == 0) start_controller(args, runtime_dir);
+  if (args.dp_size > 1 && args.nnodes > 1 && args.node_rank == 0) {
+    // Leaders on other nodes cannot reach node 0's ipc:// sockets: publish the tcp ones.
+    DPSERVE_CHECK(!scheduler_output_tcp.empty(),
+                  "DP groups over several nodes need the main process's tcp output socket");
+    coordinator_->set(kDpOutputEndpointKey,
+                      endpoint_for_peers(scheduler_output_tcp, args.node_0_address));
+    coordinator_->set(kDpLoadEndpointKey,
+                      endpoint_for_peers(controller_endpoints_.load, args.node_0_address));
+    for (int k = 0; k < args.dp_size; ++k) {
+      coordinator_->set(
+          dp_leader_input_key(k),
+          endpoint_for_peers(controller_endpoints_.leaders.at(k), args.node_0_address));
     }
-    std::string name =
-        world_size_ > 1 ? fmt::format("scheduler rank {}", r) : std::string("scheduler process");
-    if (plain_dp) name += fmt::format(" (DP group {})", r / args.tp_size);
-    if (!plain_dp && args.enable_dp_attention && args.dp_size > 1) {
-      name += fmt::format(" (DP group {})", r / (args.tp_size / args.dp_size));
+  }
+  coordinator_addr_ = coordinator_addr;
+  ranks_.resize(static_cast<size_t>(per_node));
+  for (int r = first; r < first + per_node; ++r) spawn_rank(r, 0);
+}
+
+void RankLauncher::spawn_rank(int r, int generation) {
+  const ServerArgs& args = args_;
+  const bool plain_dp = args.dp_size > 1 && !args.enable_dp_attention;
+  std::vector<std::string> child_args = scheduler_child_args(runtime_dir_, serve_args_);
+  child_args.insert(child_args.end(),
+                    {kRankFlag, std::to_string(r), kCoordinatorFlag, coordinator_addr_,
+                     kLocalRanksFlag, std::to_string(per_node_), kGlooHostFlag, gloo_host_,
+                     kGenerationFlag, std::to_string(generation)});
+  std::string name =
+      world_size_ > 1 ? fmt::format("scheduler rank {}", r) : std::string("scheduler process");
+  if (plain_dp) name += fmt::format(" (DP group {})", r / args.tp_size);
+  if (!plain_dp && args.enable_dp_attention && args.dp_size > 1) {
+    name += fmt::format(" (DP group {})", r / (args.tp_size / args.dp_size));
+  }
+  auto& slot = ranks_.at(static_cast<size_t>(r - first_rank_));
+  slot = std::make_unique<ChildProcess>(
+      ChildSpec{.role = kSchedulerRole, .args = std::move(child_args), .name = name});
+  spdlog::info("{} started (pid {}{})", name, slot->pid(),
+               generation > 0 ? fmt::format(", restart generation {}", generation) : "");
+}
+
+void RankLauncher::on_rank_dead(const RankState& state) {
+  {
+    std::lock_guard<std::mutex> lock(dead_mu_);
+    dead_.push_back(state);
+  }
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(dead_fd_, &one, sizeof(one));
+}
+
+std::vector<RankState> RankLauncher::take_dead_ranks() {
+  uint64_t count = 0;
+  [[maybe_unused]] const ssize_t n = ::read(dead_fd_, &count, sizeof(count));
+  std::lock_guard<std::mutex> lock(dead_mu_);
+  return std::exchange(dead_, {});
+}
+
+std::vector<RankExit> RankLauncher::poll_exits() {
+  std::vector<RankExit> out;
+  for (size_t i = 0; i < ranks_.size(); ++i) {
+    ChildProcess& c = *ranks_[i];
+    const bool running = !c.exit_status().has_value();
+    if (auto st = c.poll_exit(); st && running) {
+      out.push_back({c.name(), *st, first_rank_ + static_cast<int>(i), c.pid()});
     }
-    ranks_.push_back(std::make_unique<ChildProcess>(
-        ChildSpec{.role = kSchedulerRole, .args = std::move(child_args), .name = name}));
-    spdlog::info("{} started (pid {})", name, ranks_.back()->pid());
+  }
+  if (controller_ && !controller_->exit_status()) {
+    if (auto st = controller_->poll_exit()) {
+      out.push_back({controller_->name(), *st, -1, controller_->pid()});
+    }
+  }
+  return out;
+}
+
+std::vector<int> RankLauncher::local_ranks() const {
+  std::vector<int> out;
+  for (int i = 0; i < per_node_; ++i) out.push_back(first_rank_ + i);
+  return out;
+}
+
+ChildProcess& RankLauncher::child(int rank) {
+  DPSERVE_CHECK(rank >= first_rank_ && rank < first_rank_ + per_node_,
+                "rank {} is not on this node", rank);
+  return *ranks_[static_cast<size_t>(rank - first_rank_)];
+}
+
+void RankLauncher::kill_ranks(const std::vector<int>& ranks, const std::string& why) {
+  for (int r : ranks) {
+    ChildProcess& c = child(r);
+    if (!c.exit_status()) {
+      c.kill(SIGKILL);
+      c.wait_exit(Millis(-1));
+    }
+    if (coordinator_) coordinator_->declare_dead(r, why);
   }
 }
 
+void RankLauncher::respawn(const std::vector<int>& ranks, int generation) {
+  for (int r : ranks) {
+    DPSERVE_CHECK(child(r).exit_status().has_value(), "rank {} still runs", r);
+    spawn_rank(r, generation);
+  }
+}
+
+void RankLauncher::start_controller(const ServerArgs& args, const std::string& runtime_dir) {
+  std::vector<std::string> cargs =
+      data_parallel_controller_args(runtime_dir, args.dp_size, args.load_balance_method,
+                                    std::chrono::milliseconds(10000), args.log_level);
+  if (args.nnodes > 1) {
+    // Leaders on every node connect over tcp; the system picks the ports.
+    cargs.insert(cargs.end(), {"--secure", "--load", "tcp://0.0.0.0:*"});
+    for (int k = 0; k < args.dp_size; ++k) {
+      cargs.insert(cargs.end(), {"--leader-input", "tcp://0.0.0.0:*"});
+    }
+  }
+  controller_ = std::make_unique<ChildProcess>(ChildSpec{
+      .role = kDpControllerRole, .args = std::move(cargs), .name = "data parallel controller"});
+  const nlohmann::json ready = controller_->wait_ready(std::chrono::seconds(30));
+  controller_endpoints_.load = ready.at("load_endpoint").get<std::string>();
+  controller_endpoints_.leaders = ready.at("leader_endpoints").get<std::vector<std::string>>();
+  spdlog::info("data parallel controller ready (pid {}): {} groups, {}", controller_->pid(),
+               args.dp_size, args.load_balance_method);
+}
+
 RankLauncher::~RankLauncher() {
+  if (coordinator_) coordinator_->stop();  // no more on_rank_dead calls
   for (auto& r : ranks_) {
-    if (!r->exit_status()) r->kill(SIGKILL);
+    if (r && !r->exit_status()) r->kill(SIGKILL);
   }
   if (controller_ && !controller_->exit_status()) controller_->kill(SIGKILL);
+  if (dead_fd_ >= 0) ::close(dead_fd_);
 }
 
 nlohmann::json RankLauncher::wait_ready(std::chrono::milliseconds timeout) {

@@ -7,10 +7,13 @@
 // report ready over their pipes once the model is loaded and every rank has joined. With plain
 // data parallelism (--dp-size > 1 without DP attention) it first starts the
 // DataParallelController child and then dp_size replicas of tp_size ranks, whose leaders take
-// their requests from the controller.
+// their requests from the controller. Every layout has the coordinator (its heartbeats tell a
+// hung rank). For recovery (entrypoints/server_supervisor.h) it reports every child's exit and
+// the coordinator's heartbeat deaths, kills ranks and starts them again as a new generation.
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,18 +26,22 @@
 
 namespace dpserve {
 
-// The child that ended first, and how.
+// A child that ended, and how.
 struct RankExit {
   std::string name;   // "scheduler rank 1"
   ExitStatus status;  // how it ended
+  int rank = -1;      // its global rank; -1 for the data parallel controller
+  int64_t pid = 0;    // its pid
 };
 
 class RankLauncher {
  public:
   // Starts the coordinator (node 0 of a multi-rank launch) and spawns this node's ranks; throws
-  // dpserve::Error when the coordinator cannot bind or a child cannot be spawned.
+  // dpserve::Error when the coordinator cannot bind or a child cannot be spawned. When DP groups
+  // span nodes, node 0 publishes `scheduler_output_tcp` (the main process's output socket, also
+  // bound on tcp) and the controller's tcp sockets through the coordinator.
   RankLauncher(const ServerArgs& args, const std::vector<std::string>& serve_args,
-               const std::string& runtime_dir);
+               const std::string& runtime_dir, const std::string& scheduler_output_tcp = "");
   // Terminates the ranks that still run.
   ~RankLauncher();
   RankLauncher(const RankLauncher&) = delete;
@@ -55,13 +62,62 @@ class RankLauncher {
   // The local ranks' pids, then the controller's (for the signal handler).
   std::vector<pid_t> pids() const;
 
+  // ---- Recovery (node 0's ServerSupervisor) ----
+
+  // Every child that exited since the last call, reaped (ranks and the controller).
+  std::vector<RankExit> poll_exits();
+  // The global ranks this node runs, in order.
+  std::vector<int> local_ranks() const;
+  // The process of local global rank `rank` (the current incarnation).
+  ChildProcess& child(int rank);
+  // SIGKILLs and reaps the ranks of `ranks` (global, local to this node) that still run, and
+  // tells the coordinator they are dead (so their barriers fail and they may register again).
+  void kill_ranks(const std::vector<int>& ranks, const std::string& why);
+  // Starts a new process for each of `ranks` (global, local, not running) as incarnation
+  // `generation` (> 0): fresh rendezvous keys and barrier names. Throws dpserve::Error when a
+  // child cannot be spawned.
+  void respawn(const std::vector<int>& ranks, int generation);
+  // The coordinator (node 0), else null.
+  Coordinator* coordinator() { return coordinator_.get(); }
+  // Ranks the coordinator declared dead (missed heartbeats) since the last call; thread-safe.
+  std::vector<RankState> take_dead_ranks();
+  // Polls readable while take_dead_ranks() has something (for the supervisor's poll()).
+  int dead_ranks_fd() const { return dead_fd_; }
+
  private:
+  // Starts the DataParallelController child (node 0, --dp-size > 1) and keeps its endpoints.
+  void start_controller(const ServerArgs& args, const std::string& runtime_dir);
+  // Spawns global rank `rank` as incarnation `generation` and stores it in ranks_.
+  void spawn_rank(int rank, int generation);
+  // Called on the coordinator's thread: queues a heartbeat death for take_dead_ranks().
+  void on_rank_dead(const RankState& state);
+
+  // The controller's bound sockets (tcp when DP groups span nodes).
+  struct ControllerEndpoints {
+    std::string load;                  // leaders' load reports and control answers
+    std::vector<std::string> leaders;  // each group's input, by dp rank
+  };
+
   int world_size_ = 1;
+  int first_rank_ = 0;  // this node's first global rank
+  int per_node_ = 1;    // ranks per node
+  ServerArgs args_;
+  std::vector<std::string> serve_args_;
+  std::string runtime_dir_;
+  std::string coordinator_addr_;
+  int dead_fd_ = -1;  // eventfd: the coordinator declared a rank dead
+  std::mutex dead_mu_;
+  std::vector<RankState> dead_;  // guarded by dead_mu_
   std::string gloo_host_ = "127.0.0.1";
   std::unique_ptr<Coordinator> coordinator_;
   std::vector<std::unique_ptr<ChildProcess>> ranks_;
-  std::unique_ptr<ChildProcess> controller_;  // node 0 under plain DP: the controller
+  std::unique_ptr<ChildProcess> controller_;  // node 0 with --dp-size > 1: the controller
+  ControllerEndpoints controller_endpoints_;
 };
+
+// `serve_args` without --cluster-secret and its value: children get the secret through their
+// environment (kClusterSecretEnv), so that it never shows in `ps`.
+std::vector<std::string> without_cluster_secret(const std::vector<std::string>& serve_args);
 
 // The local address this machine uses to reach `host` (the source address of a route to it):
 // what a node publishes to its peers. Throws dpserve::Error naming the host when it cannot be

@@ -2,12 +2,15 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
+#include "dpserve/server/server_args.h"
 
 namespace dpserve {
 
@@ -15,12 +18,29 @@ namespace {
 
 constexpr const char* kJsonType = "application/json";
 
-// Routes that answer without an API key (SGLang's add_api_key_middleware exempts them).
-bool is_open_route(const std::string& path) {
-  return path == "/health" || path == "/health_generate" || path == "/metrics";
+ConnectionLimits connection_limits(const HttpServerOptions& o) {
+  const auto ms = [](double s) {
+    return std::chrono::milliseconds(static_cast<int64_t>(std::max(s, 0.001) * 1000.0));
+  };
+  ConnectionLimits l;
+  l.request_timeout = ms(o.timeout_s);
+  l.write_timeout = ms(o.timeout_s);
+  l.keep_alive_timeout = ms(o.keep_alive_s);
+  l.max_threads = o.max_threads;
+  return l;
 }
 
-ApiError default_error(const httplib::Request& req, int status, size_t max_body) {
+// Methods whose requests httplib reads a body for.
+bool expects_body(const std::string& method) {
+  return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
+}
+
+ApiError default_error(const httplib::Request& req, int status, size_t max_body, double timeout_s) {
+  if (request_timed_out()) {
+    return ApiError(
+        408, fmt::format("the request did not arrive within {} s (--http-timeout)", timeout_s),
+        "invalid_request_error");
+  }
   switch (status) {
     case 404:
       return ApiError(404, fmt::format("Not Found: {} {}", req.method, req.path),
@@ -39,15 +59,28 @@ ApiError default_error(const httplib::Request& req, int status, size_t max_body)
 
 }  // namespace
 
+bool is_open_route(const std::string& path) { return path == "/health"; }
+
 std::string dump_json(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 nlohmann::json parse_json_body(const std::string& body) {
   if (body.find_first_not_of(" \t\r\n") == std::string::npos) return nullptr;
+  // Copying and dumping JSON values recurse per nesting level, so a deeply nested body (a few
+  // hundred KB of '[') would overflow the handler thread's stack: refuse it while parsing.
+  static constexpr int kMaxDepth = 256;
+  auto depth_limit = [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    if (depth > kMaxDepth) {
+      throw ApiError(400,
+                     fmt::format("the request body nests JSON deeper than {} levels", kMaxDepth),
+                     "invalid_request_error");
+    }
+    return true;
+  };
   try {
-    return nlohmann::json::parse(body);
-  } catch (const nlohmann::json::parse_error& e) {
+    return nlohmann::json::parse(body, depth_limit);
+  } catch (const nlohmann::json::exception& e) {  // parse_error, out_of_range (1e999), ...
     const std::string what = e.what();
     if (what.find("UTF-8") != std::string::npos) {
       throw ApiError(400, "the request body is not valid UTF-8: " + what, "invalid_request_error");
@@ -58,6 +91,7 @@ nlohmann::json parse_json_body(const std::string& body) {
 
 void set_error_response(httplib::Response& res, const ApiError& error) {
   res.status = error.status();
+  if (error.retry_after() > 0) res.set_header("Retry-After", std::to_string(error.retry_after()));
   res.set_content(dump_json(error.to_json()), kJsonType);
 }
 
@@ -101,11 +135,9 @@ void set_sse_response(httplib::Response& res, SseSource source) {
       [src](bool /*success*/) { *src = nullptr; });
 }
 
-HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options)) {
-  const size_t threads = options_.num_threads;
-  server_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+HttpServer::HttpServer(HttpServerOptions options)
+    : options_(std::move(options)), server_(connection_limits(options_)) {
   server_.set_payload_max_length(options_.max_body_bytes);
-  server_.set_keep_alive_timeout(5);  // uvicorn's timeout_keep_alive in SGLang
   server_.set_tcp_nodelay(true);
   // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
   // share a busy port silently instead of failing to start.
@@ -116,6 +148,13 @@ HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options))
   });
 
   server_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // A request without Content-Length or Transfer-Encoding has no body (RFC 9112 6.3), but
+    // httplib would read one until the client closes (`curl -X POST` then gets 400 after the
+    // read timeout). The Request is httplib's own mutable local, handed to us as const.
+    if (expects_body(req.method) && !req.has_header("Content-Length") &&
+        !req.has_header("Transfer-Encoding")) {
+      const_cast<httplib::Request&>(req).set_header("Content-Length", "0");
+    }
     if (options_.api_key.empty() || is_open_route(req.path)) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
@@ -130,7 +169,8 @@ HttpServer::HttpServer(HttpServerOptions options) : options_(std::move(options))
   server_.set_error_handler(httplib::Server::HandlerWithResponse(
       [this](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours
-        set_error_response(res, default_error(req, res.status, options_.max_body_bytes));
+        set_error_response(
+            res, default_error(req, res.status, options_.max_body_bytes, options_.timeout_s));
         return httplib::Server::HandlerResponse::Handled;
       }));
 
@@ -187,23 +227,38 @@ void HttpServer::post_json(const std::string& path, JsonHandler handler) {
   });
 }
 
+void HttpServer::note_route(const std::string& path) {
+  if (!is_open_route(path)) has_guarded_routes_ = true;
+}
+
 void HttpServer::get(const std::string& path, RawHandler handler) {
+  note_route(path);
   server_.Get(path, wrap(std::move(handler), /*parse_body=*/false));
 }
 
 void HttpServer::post(const std::string& path, RawHandler handler) {
+  note_route(path);
   server_.Post(path, wrap(std::move(handler), /*parse_body=*/true));
 }
 
 void HttpServer::put(const std::string& path, RawHandler handler) {
+  note_route(path);
   server_.Put(path, wrap(std::move(handler), /*parse_body=*/true));
 }
 
 void HttpServer::post_unparsed(const std::string& path, RawHandler handler) {
+  note_route(path);
   server_.Post(path, wrap(std::move(handler), /*parse_body=*/false));
 }
 
 void HttpServer::bind() {
+  if (has_guarded_routes_ && options_.api_key.empty() && !is_loopback_host(options_.host)) {
+    spdlog::warn(
+        "--host {} accepts connections from other machines and no --api-key is set: anyone who "
+        "can reach port {} can run generations, flush the cache and read the server's settings. "
+        "Set --api-key, or bind 127.0.0.1.",
+        options_.host, options_.port);
+  }
   if (!server_.bind_to_port(options_.host, options_.port)) {
     throw_error("cannot listen on {}:{} (--host / --port): the address is in use or invalid",
                 options_.host, options_.port);

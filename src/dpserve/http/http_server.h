@@ -2,10 +2,12 @@
 // HttpServer: dpserve's HTTP front end on cpp-httplib, shared by every API family.
 //
 // It owns the httplib::Server and the policies that apply to all routes: `--api-key` (401
-// without "Authorization: Bearer <key>"; /health, /health_generate and /metrics stay open as in
-// SGLang), a body size limit (413), OpenAI-style error bodies (ApiError::to_json) for every 4xx
-// and 5xx including unknown routes (404), JSON body parsing (400 for malformed JSON or invalid
-// UTF-8), request logging (--log-requests) and Server-Sent Events with disconnect detection.
+// without "Authorization: Bearer <key>" on every route but /health), a body size limit (413),
+// OpenAI-style error bodies (ApiError::to_json) for every 4xx and 5xx including unknown routes
+// (404) and requests that did not arrive in time (408), JSON body parsing (400 for malformed JSON
+// or invalid UTF-8; a POST without a body reads as an empty one), request logging
+// (--log-requests) and Server-Sent Events with disconnect detection. Connections run under the
+// deadlines of http/connection.h (--http-timeout), each on a thread of its own.
 //
 // API families register their routes through the helpers here: http/native_api.h (SGLang's
 // /generate, /health, ...) and http/openai_api.h (/v1/models, /v1/completions,
@@ -21,6 +23,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "dpserve/http/connection.h"
 #include "dpserve/openai/api_error.h"
 
 namespace dpserve {
@@ -32,7 +35,9 @@ struct HttpServerOptions {
   std::string api_key;                       // empty = no authentication
   bool log_requests = false;                 // log every request line and status
   size_t max_body_bytes = size_t{16} << 20;  // larger bodies get 413
-  size_t num_threads = 256;                  // connection threads (one per open connection)
+  double timeout_s = 60.0;    // --http-timeout: to receive a request / per blocked response write
+  double keep_alive_s = 5.0;  // idle seconds before a kept-alive connection is closed
+  size_t max_threads = 2048;  // most connections served at once (one thread each)
 };
 
 // One step of an event stream: SSE payloads to send now, and whether the stream ended.
@@ -79,7 +84,8 @@ class HttpServer {
   // The underlying server, for anything the helpers above do not cover.
   httplib::Server& raw() { return server_; }
 
-  // Binds host:port; throws dpserve::Error naming the address when it cannot.
+  // Binds host:port; throws dpserve::Error naming the address when it cannot. Warns when a
+  // non-loopback address serves more than /health without an API key.
   void bind();
   // Serves on a background thread (after bind()).
   void start();
@@ -90,15 +96,17 @@ class HttpServer {
 
  private:
   httplib::Server::Handler wrap(RawHandler handler, bool parse_body);
+  void note_route(const std::string& path);
 
   HttpServerOptions options_;
-  httplib::Server server_;
+  ConnectionServer server_;
   std::thread thread_;
-  int listen_fd_ = -1;  // the bound listening socket (to raise its backlog)
+  int listen_fd_ = -1;               // the bound listening socket (to raise its backlog)
+  bool has_guarded_routes_ = false;  // a route other than /health is registered
 };
 
 // Parses a request body as JSON; an empty body gives null. ApiError 400 on malformed JSON
-// (naming invalid UTF-8 as such).
+// (naming invalid UTF-8 as such), numbers out of range, or nesting deeper than 256 levels.
 nlohmann::json parse_json_body(const std::string& body);
 
 // Sets the response to the error's status and OpenAI-style JSON body.
@@ -108,10 +116,14 @@ void set_error_response(httplib::Response& res, const ApiError& error);
 std::string dump_json(const nlohmann::json& j);
 
 // Makes the response a Server-Sent Events stream fed by `source`, ending in "data: [DONE]". A
-// client that disconnects ends the stream (the source is destroyed).
+// client that disconnects, or does not read for --http-timeout, ends the stream (the source is
+// destroyed).
 void set_sse_response(httplib::Response& res, SseSource source);
 
 // The bearer token of an "Authorization" header ("" when absent or not a bearer token).
 std::string bearer_token(const httplib::Request& req);
+
+// The routes that answer without the API key: /health only (load balancers probe it).
+bool is_open_route(const std::string& path);
 
 }  // namespace dpserve

@@ -1,9 +1,11 @@
 #include "dpserve/http/native_api.h"
 
+#include <cstdlib>
 #include <limits>
 #include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
@@ -233,6 +235,19 @@ struct StreamState {
   bool log_outputs = false;
 };
 
+// A positive number of seconds from the environment, or `fallback`.
+double env_seconds(const char* name, double fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return fallback;
+  char* end = nullptr;
+  const double x = std::strtod(v, &end);
+  if (end == v || *end != '\0' || !(x > 0)) {
+    spdlog::warn("{}={} is not a positive number of seconds; using {}", name, v, fallback);
+    return fallback;
+  }
+  return x;
+}
+
 void log_output(const SequenceOutput& s) {
   spdlog::info("[{}] output (index {}): {}", s.rid, s.index, dump_json(json(s.text)));
 }
@@ -267,6 +282,12 @@ void handle_generate(ServingContext& ctx, const json& body, httplib::Response& r
 
   std::vector<SequenceOutput> seqs(static_cast<size_t>(h->num_sequences()));
   while (!h->done()) {
+    if (client_disconnected()) {
+      // Nobody will read the answer: dropping the handle aborts the requests.
+      spdlog::info("[{}] the client closed its connection before the response was ready",
+                   h->rids().front());
+      throw ApiError(499, "the client closed the connection", "client_closed_request");
+    }
     for (GenerateChunk& c : h->next(std::chrono::milliseconds(100))) {
       seqs[static_cast<size_t>(c.seq)].add(c.out);
     }
@@ -292,21 +313,40 @@ void register_native_routes(HttpServer& server, ServingContext& ctx) {
   server.put("/generate", generate);
 
   server.get("/health", [&tm](const httplib::Request&, httplib::Response& res, const json&) {
-    if (!tm.healthy()) {
-      throw ApiError(503, "the server is shutting down or its scheduler died",
-                     "service_unavailable");
+    // From the front end alone: 503 while recovering, draining or dead, saying which.
+    const HealthStatus h = tm.health();
+    if (!h.ok) {
+      throw ApiError(503, h.message, "service_unavailable").with_retry_after(h.retry_after_s);
     }
     res.status = 200;
   });
 
-  server.get("/health_generate",
-             [&tm](const httplib::Request&, httplib::Response& res, const json&) {
-               if (!tm.healthy() || !tm.health_generate()) {
-                 throw ApiError(503, "health check failed: no output from the scheduler",
-                                "service_unavailable");
-               }
-               res.status = 200;
-             });
+  // One probe per DP group (SGLang's SGLANG_HEALTH_CHECK_TIMEOUT is our
+  // DPSERVE_HEALTH_CHECK_TIMEOUT, in seconds, default 20).
+  const auto probe_timeout = std::chrono::milliseconds(
+      static_cast<int64_t>(1000.0 * env_seconds("DPSERVE_HEALTH_CHECK_TIMEOUT", 20.0)));
+  const int dp_size = ctx.args.dp_size;
+  server.get("/health_generate", [&tm, probe_timeout, dp_size](
+                                     const httplib::Request&, httplib::Response& res, const json&) {
+    if (!tm.healthy()) {
+      throw ApiError(503, "health check failed: the server is shutting down or its scheduler died",
+                     "service_unavailable");
+    }
+    const std::vector<int32_t> failed = tm.health_generate(dp_size, probe_timeout);
+    if (!failed.empty()) {
+      const double secs = static_cast<double>(probe_timeout.count()) / 1000.0;
+      throw ApiError(503,
+                     dp_size > 1
+                         ? fmt::format("health check failed: DP group {} of {} produced no token "
+                                       "within {} s",
+                                       fmt::join(failed, ", "), dp_size, secs)
+                         : fmt::format("health check failed: the scheduler produced no token "
+                                       "within {} s",
+                                       secs),
+                     "service_unavailable");
+    }
+    res.status = 200;
+  });
 
   server.get_json("/get_model_info", [&ctx](const httplib::Request&, const json&) {
     const SchedulerInfo& info = ctx.tokenizer_manager.info();
@@ -323,7 +363,13 @@ void register_native_routes(HttpServer& server, ServingContext& ctx) {
   server.get_json("/get_server_info", [&ctx](const httplib::Request&, const json&) {
     TokenizerManager& t = ctx.tokenizer_manager;
     json j = ctx.args.to_json();
-    const json sched = t.scheduler_server_info();
+    json sched;
+    try {
+      sched = t.scheduler_server_info();
+    } catch (const ApiError& e) {
+      if (!ctx.add_lifecycle_info) throw;
+      sched = {{"error", e.what()}};  // recovering: the ranks' states below still answer
+    }
     j["max_total_num_tokens"] = sched.value("max_total_num_tokens", int64_t{0});
     j["max_req_input_len"] = t.info().context_length - 1;
     j["internal_states"] = json::array({sched});
@@ -331,6 +377,7 @@ void register_native_routes(HttpServer& server, ServingContext& ctx) {
     j["runtime_dir"] = ctx.runtime_dir;
     j["scheduler_pid"] = ctx.scheduler_pid;
     j["version"] = kVersion;
+    if (ctx.add_lifecycle_info) ctx.add_lifecycle_info(j);
     return j;
   });
 

@@ -5,7 +5,9 @@
 //                            "meta_info"} (a list for batches or n > 1); stream = SSE chunks
 //                            with cumulative text, ending in "data: [DONE]"
 //   GET /health              200 while the scheduler lives and the server accepts requests
-//   GET /health_generate     200 once a one-token generation (or any output) came back
+//   GET /health_generate     200 once a one-token probe came back from every DP group (one
+//                            scheduler: or any output arrived meanwhile); else 503 naming the
+//                            groups that produced nothing within DPSERVE_HEALTH_CHECK_TIMEOUT
 //   GET /get_model_info      model_path, tokenizer_path, is_generation, ...
 //   GET /get_server_info     ServerArgs + the scheduler's KV pool, free pages and counters
 //   GET|POST /flush_cache    drops the prefix cache (400 while requests run)

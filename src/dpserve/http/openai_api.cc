@@ -118,7 +118,15 @@ void handle_generation(OpenAIServing& s, const httplib::Request& http, httplib::
     });
     return;
   }
-  while (!gen->done()) gen->step(kPollInterval);
+  while (!gen->done()) {
+    if (client_disconnected()) {
+      // Nobody will read the answer: dropping `gen` aborts the request.
+      spdlog::info("[{}] the client closed its connection before the response was ready",
+                   gen->rid());
+      throw ApiError(499, "the client closed the connection", "client_closed_request");
+    }
+    gen->step(kPollInterval);
+  }
   res.set_content(dump_json(gen->response()), "application/json");
 }
 

@@ -90,9 +90,23 @@ void fields(LoadReport& m, V&& v) {
   v("timestamp", m.timestamp);
 }
 
+template <typename V>
+void fields(DpGroupState& m, V&& v) {
+  v("dp_rank", m.dp_rank);
+  v("up", m.up);
+  v("reason", m.reason);
+}
+
+template <typename V>
+void fields(DpDispatchNotice& m, V&& v) {
+  v("rids", m.rids);
+  v("dp_ranks", m.dp_ranks);
+}
+
 constexpr std::string_view kNames[] = {"TokenizedGenerateReq", "AbortReq",       "BatchTokenIdOut",
                                        "FlushCacheReq",        "FlushCacheResp", "GetServerInfoReq",
-                                       "GetServerInfoResp",    "LoadReport"};
+                                       "GetServerInfoResp",    "LoadReport",     "DpGroupState",
+                                       "DpDispatchNotice"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
 // A struct with a field list.

@@ -103,9 +103,25 @@ struct LoadReport {
   double timestamp = 0.0;         // the leader's wall clock at sending, seconds since the epoch
 };
 
+// Main process -> DataParallelController: DP group `dp_rank` is down (its ranks failed and are
+// being restarted: route nothing there) or back up (fresh load view, back in the rotation).
+struct DpGroupState {
+  int32_t dp_rank = 0;  // the DP group
+  bool up = false;      // true: back in service; false: down
+  std::string reason;   // why it went down (for logs and rejections)
+};
+
+// DataParallelController -> main process: where requests went, so that the front end can fail
+// exactly the requests of a DP group that dies (sent once per controller poll, in dispatch order).
+struct DpDispatchNotice {
+  std::vector<std::string> rids;  // request ids
+  std::vector<int32_t> dp_ranks;  // the DP group of each rid
+};
+
 // Every message that crosses a socket; the index is the wire tag (append only).
-using Message = std::variant<TokenizedGenerateReq, AbortReq, BatchTokenIdOut, FlushCacheReq,
-                             FlushCacheResp, GetServerInfoReq, GetServerInfoResp, LoadReport>;
+using Message =
+    std::variant<TokenizedGenerateReq, AbortReq, BatchTokenIdOut, FlushCacheReq, FlushCacheResp,
+                 GetServerInfoReq, GetServerInfoResp, LoadReport, DpGroupState, DpDispatchNotice>;
 
 // Serializes a message into its tagged envelope.
 std::string encode(const Message& msg);

@@ -158,6 +158,27 @@ void cleanup_runtime_dirs() {
   }
 }
 
+namespace {
+
+void sigterm_from_parent_handler(int sig, siginfo_t* info, void*) {
+  if (info == nullptr || info->si_pid != getppid()) return;  // not the parent: ignored
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  raise(sig);  // delivered with the default action once the handler returns
+}
+
+}  // namespace
+
+void accept_sigterm_only_from_parent() {
+  struct sigaction sa {};
+  sa.sa_sigaction = sigterm_from_parent_handler;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
 // ---- ExitStatus ----
 
 std::string ExitStatus::describe() const {

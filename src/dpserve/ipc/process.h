@@ -68,6 +68,12 @@ void install_cleanup_signal_handlers();
 // directory's entries and the directory), for use from signal handlers.
 void cleanup_runtime_dirs();
 
+// For a child process: SIGTERM ends it (with the default action) only when its parent sent it,
+// as ChildProcess::terminate does. A SIGTERM from anyone else (`kill -TERM -<pgid>`, a service
+// manager signalling the whole group) is ignored: the parent gets it too, lets in-flight work
+// finish and then stops its children itself.
+void accept_sigterm_only_from_parent();
+
 // How a child ended.
 struct ExitStatus {
   int code = -1;   // exit code when it exited, else -1

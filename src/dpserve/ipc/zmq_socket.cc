@@ -79,6 +79,8 @@ void MessageSocket::bind(const std::string& endpoint) {
   endpoint_ = endpoint;
 }
 
+std::string MessageSocket::bound_endpoint() { return socket_.get(zmq::sockopt::last_endpoint); }
+
 void MessageSocket::connect(const std::string& endpoint) {
   try {
     socket_.connect(endpoint);

@@ -64,6 +64,8 @@ class MessageSocket {
   void close();
   // The endpoint of the last bind or connect.
   const std::string& endpoint() const { return endpoint_; }
+  // The endpoint the last bind really got ("tcp://0.0.0.0:41234" for a bind to port 0).
+  std::string bound_endpoint();
   // The underlying cppzmq socket, for options not wrapped here.
   zmq::socket_t& raw() { return socket_; }
 

@@ -12,6 +12,8 @@
 
 #include "dpserve/common/errors.h"
 #include "dpserve/common/logging.h"
+#include "dpserve/distributed/coordinator_types.h"
+#include "dpserve/server/server_args.h"
 
 namespace dpserve {
 
@@ -28,6 +30,9 @@ double seconds_between(SteadyTime from, SteadyTime to) {
 constexpr const char* kTokenizerToSchedulerSocket = "scheduler_input";
 constexpr const char* kSchedulerToTokenizerSocket = "scheduler_output";
 
+// Why a control request skipped a group that is down (a flush counts it as flushed).
+constexpr const char* kDownNotAsked = "restarting: not asked";
+
 // Completions of a request (SamplingParams' "n"), read leniently: the scheduler validates it.
 int64_t num_completions(const std::string& sampling_params_json) {
   const nlohmann::json j = nlohmann::json::parse(sampling_params_json, nullptr, false);
@@ -42,6 +47,17 @@ int64_t num_completions(const std::string& sampling_params_json) {
 
 std::string dp_leader_input_socket(int dp_rank) {
   return fmt::format("scheduler_input_dp{}", dp_rank);
+}
+
+std::string dp_leader_input_key(int dp_rank) {
+  return fmt::format("endpoints/scheduler_input_dp{}", dp_rank);
+}
+
+std::string endpoint_for_peers(const std::string& bound, const std::string& host) {
+  const size_t colon = bound.rfind(':');
+  DPSERVE_CHECK(bound.starts_with("tcp://") && colon != std::string::npos,
+                "endpoint_for_peers needs a bound tcp endpoint, got {}", bound);
+  return coordinator_address(host, std::stoi(bound.substr(colon + 1)));
 }
 
 LoadBalanceMethod parse_load_balance_method(std::string_view name) {
@@ -98,13 +114,33 @@ bool DpDispatchPolicy::is_stale(int32_t dp_rank, SteadyTime now) const {
 std::vector<int32_t> DpDispatchPolicy::update_staleness(SteadyTime now) {
   std::vector<int32_t> changed;
   for (int32_t k = 0; k < dp_size(); ++k) {
-    const bool stale = is_stale(k, now);
+    const bool stale = !groups_[static_cast<size_t>(k)].down && is_stale(k, now);
     if (stale != groups_[static_cast<size_t>(k)].stale) {
       groups_[static_cast<size_t>(k)].stale = stale;
       changed.push_back(k);
     }
   }
   return changed;
+}
+
+void DpDispatchPolicy::set_down(int32_t dp_rank, const std::string& reason) {
+  DPSERVE_CHECK(dp_rank >= 0 && dp_rank < dp_size(), "dp rank {} out of range", dp_rank);
+  DpGroupLoad& g = groups_[static_cast<size_t>(dp_rank)];
+  g.down = true;
+  g.down_reason = reason;
+  g.stale = false;
+}
+
+void DpDispatchPolicy::set_up(int32_t dp_rank, SteadyTime now) {
+  DPSERVE_CHECK(dp_rank >= 0 && dp_rank < dp_size(), "dp rank {} out of range", dp_rank);
+  DpGroupLoad& g = groups_[static_cast<size_t>(dp_rank)];
+  g.down = false;
+  g.down_reason.clear();
+  g.stale = false;
+  g.last_report.reset();  // the restarted group starts empty
+  g.last_heard = now;
+  g.dispatched_reqs = 0;
+  g.dispatched_tokens = 0;
 }
 
 bool DpDispatchPolicy::on_report(const LoadReport& report, SteadyTime now) {
@@ -119,14 +155,21 @@ bool DpDispatchPolicy::on_report(const LoadReport& report, SteadyTime now) {
 }
 
 int32_t DpDispatchPolicy::choose(SteadyTime now) {
-  // Candidates: the fresh groups, or every group when none is fresh.
+  // Candidates: the fresh groups that are up, or every group that is up when none is fresh.
   std::vector<bool> candidate(groups_.size());
-  bool any_fresh = false;
+  bool any_fresh = false, any_up = false;
   for (int32_t k = 0; k < dp_size(); ++k) {
-    candidate[static_cast<size_t>(k)] = !is_stale(k, now);
+    const bool up = !groups_[static_cast<size_t>(k)].down;
+    candidate[static_cast<size_t>(k)] = up && !is_stale(k, now);
     any_fresh = any_fresh || candidate[static_cast<size_t>(k)];
+    any_up = any_up || up;
   }
-  if (!any_fresh) std::fill(candidate.begin(), candidate.end(), true);
+  if (!any_up) return -1;
+  if (!any_fresh) {
+    for (int32_t k = 0; k < dp_size(); ++k) {
+      candidate[static_cast<size_t>(k)] = !groups_[static_cast<size_t>(k)].down;
+    }
+  }
 
   if (method_ == LoadBalanceMethod::kRoundRobin) {
     for (int i = 0; i < dp_size(); ++i) {
@@ -163,10 +206,19 @@ DispatchDecision DpDispatchPolicy::dispatch(const TokenizedGenerateReq& req, Ste
           req.data_parallel_rank, dp_size(), dp_size() - 1);
       return d;
     }
+    if (groups_[static_cast<size_t>(req.data_parallel_rank)].down) {
+      d.error = fmt::format("DP group {} is restarting ({}); retry later", req.data_parallel_rank,
+                            groups_[static_cast<size_t>(req.data_parallel_rank)].down_reason);
+      return d;
+    }
     d.dp_rank = req.data_parallel_rank;
     d.explicit_rank = true;
   } else {
     d.dp_rank = choose(now);
+    if (d.dp_rank < 0) {
+      d.error = "no DP group is available: every group is restarting; retry later";
+      return d;
+    }
   }
   DpGroupLoad& g = groups_[static_cast<size_t>(d.dp_rank)];
   ++g.dispatched_reqs;
@@ -179,7 +231,9 @@ nlohmann::json DpDispatchPolicy::group_json(int32_t dp_rank, SteadyTime now) con
   const DpGroupLoad& g = group(dp_rank);
   nlohmann::json j;
   j["dp_rank"] = dp_rank;
-  j["stale"] = is_stale(dp_rank, now);
+  j["stale"] = !g.down && is_stale(dp_rank, now);
+  j["down"] = g.down;
+  if (g.down) j["down_reason"] = g.down_reason;
   j["seconds_since_report"] = seconds_between(g.last_heard, now);
   j["num_reports"] = g.num_reports;
   if (g.last_report) {
@@ -228,10 +282,16 @@ DataParallelController::DataParallelController(DataParallelControllerOptions opt
     throw_error("the DP controller needs one leader endpoint per DP group: {} for --dp-size {}",
                 options_.leader_endpoints.size(), options_.dp_size);
   }
+  if (!options_.secret.empty()) secure_server_socket(load_.raw(), options_.secret, "dp controller");
   load_.bind(options_.load_endpoint);
-  for (const std::string& ep : options_.leader_endpoints) {
+  options_.load_endpoint = load_.bound_endpoint();
+  for (std::string& ep : options_.leader_endpoints) {
     leaders_.emplace_back(zmq::socket_type::push);
+    if (!options_.secret.empty()) {
+      secure_server_socket(leaders_.back().raw(), options_.secret, "dp controller");
+    }
     leaders_.back().bind(ep);
+    ep = leaders_.back().bound_endpoint();
   }
   in_.connect(options_.input_endpoint);
   out_.connect(options_.output_endpoint);
@@ -272,7 +332,33 @@ void DataParallelController::run_once(std::chrono::milliseconds timeout) {
       }
     }
   }
+  send_notices();
   check_timers(Clock::now());
+}
+
+void DataParallelController::send_notices() {
+  if (notices_.rids.empty()) return;
+  Message msg{std::move(notices_)};
+  notices_ = DpDispatchNotice{};
+  if (!out_.send(msg, options_.send_timeout)) {
+    spdlog::error("dp controller: could not tell the tokenizer manager where {} requests went",
+                  std::get<DpDispatchNotice>(msg).rids.size());
+  }
+}
+
+void DataParallelController::set_group_state(const DpGroupState& st) {
+  if (st.dp_rank < 0 || st.dp_rank >= policy_.dp_size()) {
+    ++stats_.malformed;
+    spdlog::error("dp controller: DpGroupState for unknown DP group {}", st.dp_rank);
+    return;
+  }
+  if (st.up) {
+    policy_.set_up(st.dp_rank, Clock::now());
+    spdlog::info("[dp {}] back in service", st.dp_rank);
+  } else {
+    policy_.set_down(st.dp_rank, st.reason);
+    spdlog::warn("[dp {}] down, not routed to until it is back: {}", st.dp_rank, st.reason);
+  }
 }
 
 void DataParallelController::handle_request(Message&& msg) {
@@ -286,6 +372,8 @@ void DataParallelController::handle_request(Message&& msg) {
     start_control(/*flush=*/true, Clock::now());
   } else if (std::holds_alternative<GetServerInfoReq>(msg)) {
     start_control(/*flush=*/false, Clock::now());
+  } else if (const auto* st = std::get_if<DpGroupState>(&msg)) {
+    set_group_state(*st);
   } else {
     ++stats_.malformed;
     spdlog::error("dp controller: unexpected {} from the tokenizer manager", message_name(msg));
@@ -317,6 +405,8 @@ void DataParallelController::dispatch(TokenizedGenerateReq&& req) {
     return;
   }
   ++stats_.dispatched;
+  notices_.rids.push_back(std::get<TokenizedGenerateReq>(msg).rid);
+  notices_.dp_ranks.push_back(d.dp_rank);
 }
 
 void DataParallelController::reject(const TokenizedGenerateReq& req, const std::string& error) {
@@ -364,7 +454,11 @@ void DataParallelController::start_control(bool flush, SteadyTime now) {
   p.answers.resize(leaders_.size());
   p.errors.resize(leaders_.size());
   for (int32_t k = 0; k < policy_.dp_size(); ++k) {
-    if (policy_.is_stale(k, now)) p.errors[static_cast<size_t>(k)] = "stale: not asked";
+    if (policy_.is_down(k)) {
+      p.errors[static_cast<size_t>(k)] = kDownNotAsked;
+    } else if (policy_.is_stale(k, now)) {
+      p.errors[static_cast<size_t>(k)] = "stale: not asked";
+    }
   }
   fan_out(flush ? Message{FlushCacheReq{}} : Message{GetServerInfoReq{}}, &p.errors);
   for (const std::string& e : p.errors) p.outstanding += e.empty() ? 1 : 0;
@@ -428,6 +522,8 @@ void DataParallelController::finish_control() {
       if (p.answers[k]) {
         const auto& f = std::get<FlushCacheResp>(*p.answers[k]);
         if (!f.success) failures.push_back(fmt::format("DP group {}: {}", k, f.message));
+      } else if (p.errors[k] == kDownNotAsked) {
+        continue;  // restarting: its cache starts empty
       } else {
         failures.push_back(fmt::format("DP group {}: {}", k,
                                        p.errors[k].empty() ? "no answer in time" : p.errors[k]));
@@ -527,12 +623,14 @@ std::vector<std::string> data_parallel_controller_args(const std::string& runtim
 int run_data_parallel_controller_process(ChildContext& ctx) {
   // The parent handles Ctrl-C for the whole tree and stops this process with SIGTERM.
   std::signal(SIGINT, SIG_IGN);
+  accept_sigterm_only_from_parent();
   try {
     std::string runtime_dir, method = "round_robin", log_level = "info";
     std::string input, output, load;
     std::vector<std::string> leaders;
     int dp_size = 0;
     int64_t stale_ms = 10000, control_ms = 5000;
+    bool secure = false;
     CLI::App app{"dpserve data parallel controller process"};
     app.add_option("--runtime-dir", runtime_dir)->required();
     app.add_option("--dp-size", dp_size)->required()->check(CLI::Range(1, 4096));
@@ -541,6 +639,8 @@ int run_data_parallel_controller_process(ChildContext& ctx) {
     app.add_option("--output", output);
     app.add_option("--load", load);
     app.add_option("--leader-input", leaders);
+    app.add_flag("--secure", secure,
+                 "secure the leader and report sockets with the cluster secret");
     app.add_option("--stale-timeout-ms", stale_ms)->check(CLI::PositiveNumber);
     app.add_option("--control-timeout-ms", control_ms)->check(CLI::PositiveNumber);
     app.add_option("--log-level", log_level);
@@ -556,11 +656,19 @@ int run_data_parallel_controller_process(ChildContext& ctx) {
     if (!leaders.empty()) opt.leader_endpoints = leaders;
     opt.stale_timeout = std::chrono::milliseconds(stale_ms);
     opt.control_timeout = std::chrono::milliseconds(control_ms);
+    if (secure) {
+      // The launcher hands the secret to its children through the environment, never argv.
+      const char* secret = std::getenv(kClusterSecretEnv);
+      if (secret == nullptr || *secret == '\0') {
+        throw_error("dp controller: --secure needs the cluster secret in ${}", kClusterSecretEnv);
+      }
+      opt.secret = ClusterSecret(secret);
+    }
     DataParallelController controller(opt);
     ctx.signal_ready({{"dp_size", dp_size},
                       {"load_balance_method", load_balance_method_name(opt.method)},
-                      {"load_endpoint", opt.load_endpoint},
-                      {"leader_endpoints", opt.leader_endpoints},
+                      {"load_endpoint", controller.options().load_endpoint},
+                      {"leader_endpoints", controller.options().leader_endpoints},
                       {"pid", static_cast<int64_t>(getpid())}});
     // PR_SET_PDEATHSIG kills this process with its parent; the check is the belt to those braces.
     const pid_t parent = ctx.parent_pid();

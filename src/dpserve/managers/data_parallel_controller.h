@@ -32,6 +32,11 @@
 //     asked; a group that does not answer within the control timeout is reported as such.
 //   - LoadReport: updates the load view. A group silent for longer than the stale timeout is marked
 //     stale (logged) and not chosen while another group is fresh; its next report makes it fresh.
+//   - DpGroupState (from the main process, whose launcher restarts failed ranks): a group that is
+//     down is never chosen, requests naming it are rejected, control requests skip it; when it is
+//     up again it starts over with a fresh load view.
+//   - Every dispatch is told to the TokenizerManager (DpDispatchNotice, batched per poll), so the
+//     front end can fail exactly the requests of a group that dies.
 //
 // The dispatch policy is a plain class (no sockets, time passed in) so that it is unit-tested with
 // known load patterns; the controller is its event loop over real sockets.
@@ -49,6 +54,7 @@
 
 #include "dpserve/ipc/io_struct.h"
 #include "dpserve/ipc/process.h"
+#include "dpserve/ipc/zmq_auth.h"
 #include "dpserve/ipc/zmq_socket.h"
 
 namespace dpserve {
@@ -61,6 +67,16 @@ inline constexpr const char* kDpControllerLoadSocket = "dp_controller_load";
 // The socket name of DP group `dp_rank`'s leader input inside the runtime dir
 // ("scheduler_input_dp<k>").
 std::string dp_leader_input_socket(int dp_rank);
+
+// When DP groups span nodes, node 0 binds these sockets on tcp and publishes the endpoints in the
+// coordinator's store under these keys; every DP group leader reads them from there.
+inline constexpr const char* kDpOutputEndpointKey = "endpoints/scheduler_output";
+inline constexpr const char* kDpLoadEndpointKey = "endpoints/dp_controller_load";
+// The key of DP group `dp_rank`'s leader input endpoint.
+std::string dp_leader_input_key(int dp_rank);
+// The endpoint a peer on another node uses for a socket bound at `bound` ("tcp://0.0.0.0:41234"):
+// the same port on `host`, the address the peers know node 0 by.
+std::string endpoint_for_peers(const std::string& bound, const std::string& host);
 
 // How requests without an explicit DP rank are spread over the groups (--load-balance-method).
 enum class LoadBalanceMethod {
@@ -86,6 +102,8 @@ struct DpGroupLoad {
   int64_t total_dispatched = 0;           // requests dispatched since the start
   int64_t num_reports = 0;                // reports received since the start
   bool stale = false;                     // marked by DpDispatchPolicy::update_staleness
+  bool down = false;                      // its ranks failed and are restarting (set_down)
+  std::string down_reason;                // why it went down
 
   // Running + waiting requests of the last report plus those dispatched since.
   int64_t requests() const;
@@ -109,13 +127,21 @@ class DpDispatchPolicy {
                    SteadyTime start);
 
   // Picks the group of `req` (its explicit data_parallel_rank, else the method over the fresh
-  // groups, ties to the lowest rank) and counts the request in that group's load view.
+  // groups that are not down, ties to the lowest rank) and counts the request in that group's
+  // load view. Rejects a request naming a down group, or any when every group is down.
   DispatchDecision dispatch(const TokenizedGenerateReq& req, SteadyTime now);
   // Replaces a group's report and clears what was dispatched to it since the previous one; false
   // (and no change) when report.dp_rank is out of range.
   bool on_report(const LoadReport& report, SteadyTime now);
   // Re-marks staleness at `now`; returns the groups whose state changed (for logs).
   std::vector<int32_t> update_staleness(SteadyTime now);
+  // Takes a group out of service (its ranks failed): never chosen, and requests naming it are
+  // rejected with `reason`, until set_up.
+  void set_down(int32_t dp_rank, const std::string& reason);
+  // Puts a restarted group back in service with a fresh load view (as if just started at `now`).
+  void set_up(int32_t dp_rank, SteadyTime now);
+  // True while the group is down.
+  bool is_down(int32_t dp_rank) const { return group(dp_rank).down; }
   // True when nothing was heard from `dp_rank` for longer than the stale timeout at `now`.
   bool is_stale(int32_t dp_rank, SteadyTime now) const;
 
@@ -151,6 +177,9 @@ struct DataParallelControllerOptions {
   std::chrono::milliseconds control_timeout{5000};  // wait for the groups' control answers
   std::chrono::milliseconds send_timeout{1000};     // a leader that takes no message
   std::chrono::milliseconds poll_interval{50};      // longest sleep between timer checks
+  // Secures the leader and report sockets (tcp, when DP groups span nodes) with the cluster's
+  // CURVE keys; empty = plaintext (ipc:// inside node 0's runtime dir).
+  ClusterSecret secret;
 
   // The default layout inside a runtime directory: the main process's scheduler_input /
   // scheduler_output (bound there), dp_controller_load and scheduler_input_dp<k>.
@@ -185,7 +214,7 @@ class DataParallelController {
   const DpDispatchPolicy& policy() const { return policy_; }
   // Counters so far.
   const DataParallelControllerStats& stats() const { return stats_; }
-  // The options in use.
+  // The options in use; the bound endpoints are the real ones (tcp ports chosen by the system).
   const DataParallelControllerOptions& options() const { return options_; }
 
  private:
@@ -206,6 +235,8 @@ class DataParallelController {
   void start_control(bool flush, SteadyTime now);
   void finish_control();
   void check_timers(SteadyTime now);
+  void set_group_state(const DpGroupState& st);
+  void send_notices();
 
   DataParallelControllerOptions options_;
   DpDispatchPolicy policy_;
@@ -214,6 +245,7 @@ class DataParallelController {
   MessageSocket load_;                  // from the leaders
   std::vector<MessageSocket> leaders_;  // to the leaders, by dp rank
   std::optional<PendingControl> pending_;
+  DpDispatchNotice notices_;  // dispatches not yet told to the TokenizerManager
   DataParallelControllerStats stats_;
   std::atomic<bool> stop_{false};
 };

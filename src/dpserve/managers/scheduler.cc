@@ -256,9 +256,7 @@ std::vector<RequestOutput> Scheduler::step() {
   if (!batch && dp_sync_) {
     // DP attention: this group has nothing to run, but the others may; then it joins their
     // MLP collectives with an idle forward.
-    const DpStepCounts counts = dp_sync_(0, false);
-    last_global_num_tokens_ = 0;
-    for (const int64_t n : counts.global_num_tokens) last_global_num_tokens_ += n;
+    const DpStepCounts counts = sync_dp_step(0, false);
     if (last_global_num_tokens_ > 0) run_idle_batch(counts);
   }
   if (batch) {
@@ -282,9 +280,7 @@ std::vector<RequestOutput> Scheduler::step() {
 void Scheduler::run_batch(ScheduleBatch& batch) {
   ForwardBatch fb = batch.to_forward_batch();
   if (dp_sync_) {
-    DpStepCounts counts = dp_sync_(fb.num_tokens(), batch.mode == ForwardMode::kExtend);
-    last_global_num_tokens_ = 0;
-    for (const int64_t n : counts.global_num_tokens) last_global_num_tokens_ += n;
+    DpStepCounts counts = sync_dp_step(fb.num_tokens(), batch.mode == ForwardMode::kExtend);
     fb.global_num_tokens = std::move(counts.global_num_tokens);
     fb.is_extend_in_batch = counts.is_extend_in_batch;
   }
@@ -302,6 +298,17 @@ void Scheduler::run_batch(ScheduleBatch& batch) {
     stats_.num_prefill_tokens += fb.num_tokens();
     process_prefill_result(batch, logits_);
   }
+}
+
+DpStepCounts Scheduler::sync_dp_step(int64_t num_tokens, bool is_extend) {
+  DpStepCounts counts = dp_sync_(num_tokens, is_extend);
+  last_global_num_tokens_ = 0;
+  for (const int64_t n : counts.global_num_tokens) last_global_num_tokens_ += n;
+  // This group decodes while another prefills: the steps SGLang's MLP sync exists for.
+  if (num_tokens > 0 && !is_extend && counts.is_extend_in_batch) {
+    ++stats_.num_decode_batches_beside_prefill;
+  }
+  return counts;
 }
 
 void Scheduler::run_idle_batch(const DpStepCounts& counts) {

@@ -77,10 +77,11 @@ struct DpStepCounts {
 
 // Counters for tests, logs and later /get_server_info.
 struct SchedulerStats {
-  int64_t num_steps = 0;             // step() calls that ran a forward
-  int64_t num_prefill_batches = 0;   // prefill (extend) forwards
-  int64_t num_decode_batches = 0;    // decode forwards
-  int64_t num_idle_batches = 0;      // DP attention: idle forwards (other groups had tokens)
+  int64_t num_steps = 0;            // step() calls that ran a forward
+  int64_t num_prefill_batches = 0;  // prefill (extend) forwards
+  int64_t num_decode_batches = 0;   // decode forwards
+  int64_t num_idle_batches = 0;     // DP attention: idle forwards (other groups had tokens)
+  int64_t num_decode_batches_beside_prefill = 0;  // DP attention: decodes while a group prefilled
   int64_t num_prefill_tokens = 0;    // prompt tokens actually computed (cache hits excluded)
   int64_t num_decode_tokens = 0;     // tokens computed by decode forwards
   int64_t num_cached_tokens = 0;     // prompt tokens served from the radix cache or siblings
@@ -187,6 +188,8 @@ class Scheduler {
   // scheduler.cc: batch execution and results.
   std::optional<ScheduleBatch> get_next_batch_to_run();
   void run_batch(ScheduleBatch& batch);
+  // DP attention: this step's sync with every group (keeps the total, counts mixed steps).
+  DpStepCounts sync_dp_step(int64_t num_tokens, bool is_extend);
   void run_idle_batch(const DpStepCounts& counts);
   void process_prefill_result(ScheduleBatch& batch, std::vector<float>& logits);
   void process_decode_result(ScheduleBatch& batch, std::vector<float>& logits);

@@ -17,6 +17,7 @@
 #include "dpserve/distributed/coordinator_store.h"
 #include "dpserve/distributed/parallel_state.h"
 #include "dpserve/distributed/process_group.h"
+#include "dpserve/ipc/zmq_auth.h"
 #include "dpserve/ipc/zmq_socket.h"
 #include "dpserve/managers/data_parallel_controller.h"
 #include "dpserve/managers/load_reporter.h"
@@ -292,6 +293,7 @@ class SchedulerProcess {
                   {"num_prefill_batches", s.num_prefill_batches},
                   {"num_decode_batches", s.num_decode_batches},
                   {"num_idle_batches", s.num_idle_batches},
+                  {"num_decode_batches_beside_prefill", s.num_decode_batches_beside_prefill},
                   {"num_prefill_tokens", s.num_prefill_tokens},
                   {"num_decode_tokens", s.num_decode_tokens},
                   {"num_cached_tokens", s.num_cached_tokens},
@@ -388,6 +390,7 @@ RankRuntime join_ranks(const ServerArgs& args, const RankFlags& flags) {
   CoordinatorClientOptions copt;
   copt.address = flags.coordinator;
   copt.dist_timeout = timeout;
+  copt.secret = ClusterSecret(args.cluster_secret);  // flag, or the launcher's environment
   const int rank = flags.rank;
   copt.on_shutdown = [rank](const std::string& reason) {
     spdlog::info("[rank {}] the coordinator asked to shut down ({}); exiting", rank, reason);
@@ -417,7 +420,10 @@ RankRuntime join_ranks(const ServerArgs& args, const RankFlags& flags) {
   GlooTransportOptions topt;
   topt.hostname = flags.gloo_host;
   topt.timeout = timeout;
-  auto store = std::make_shared<CoordinatorStore>(*rt.client, "gloo", timeout);
+  // A restarted generation rendezvouses under its own prefix, apart from the dead one's keys.
+  const std::string store_prefix =
+      flags.generation > 0 ? fmt::format("gloo/g{}", flags.generation) : std::string("gloo");
+  auto store = std::make_shared<CoordinatorStore>(*rt.client, store_prefix, timeout);
   rt.state = initialize_parallel_state(pc, store, "dpserve", topt);
   spdlog::info("[rank {}] process groups ready: {}", rank, rt.state.describe());
   return rt;
@@ -453,11 +459,42 @@ Scheduler::DpSync make_dp_sync(const ParallelState& ps) {
   };
 }
 
+// Where a group leader's sockets are: node 0's runtime dir, or (DP groups spanning nodes) the
+// tcp endpoints node 0 published through the coordinator.
+struct LeaderEndpoints {
+  std::string input;    // requests: from the main process, or the controller under DP
+  std::string output;   // outputs to the main process
+  std::string control;  // DP: load reports and control answers to the controller
+  bool secure = false;  // tcp to node 0: CURVE with the cluster secret
+};
+
+LeaderEndpoints leader_endpoints(const ServerArgs& args, const std::string& runtime_dir,
+                                 int dp_rank, CoordinatorClient* client) {
+  if (dp_rank < 0) {
+    return {ipc_endpoint(runtime_dir, kSchedulerInputSocket),
+            ipc_endpoint(runtime_dir, kSchedulerOutputSocket), ""};
+  }
+  if (args.nnodes == 1) {
+    return {ipc_endpoint(runtime_dir, dp_leader_input_socket(dp_rank)),
+            ipc_endpoint(runtime_dir, kSchedulerOutputSocket),
+            ipc_endpoint(runtime_dir, kDpControllerLoadSocket)};
+  }
+  DPSERVE_CHECK(client != nullptr, "a DP group leader over several nodes has a coordinator");
+  const Millis timeout(static_cast<int64_t>(args.dist_timeout * 1000));
+  LeaderEndpoints ep{client->get(dp_leader_input_key(dp_rank), timeout),
+                     client->get(kDpOutputEndpointKey, timeout),
+                     client->get(kDpLoadEndpointKey, timeout), true};
+  spdlog::info("[dp {}] leader sockets: input {}, output {}, control {}", dp_rank, ep.input,
+               ep.output, ep.control);
+  return ep;
+}
+
 }  // namespace
 
 int run_scheduler_process(ChildContext& ctx) {
   // The parent handles Ctrl-C for the whole tree and stops this process with SIGTERM.
   std::signal(SIGINT, SIG_IGN);
+  accept_sigterm_only_from_parent();  // a group-wide SIGTERM lets the parent drain first
   try {
     ServerArgs args;
     std::string runtime_dir;
@@ -469,6 +506,7 @@ int run_scheduler_process(ChildContext& ctx) {
     app.add_option(kCoordinatorFlag, flags.coordinator);
     app.add_option(kLocalRanksFlag, flags.local_ranks);
     app.add_option(kGlooHostFlag, flags.gloo_host);
+    app.add_option(kGenerationFlag, flags.generation);
     std::vector<std::string> argv(ctx.args().rbegin(), ctx.args().rend());  // CLI11: reversed
     app.parse(argv);
     init_logging(args.log_level);
@@ -506,8 +544,8 @@ int run_scheduler_process(ChildContext& ctx) {
     }
     if (multi_rank) {
       // Loading takes as long as it takes; the collectives below have the --dist-timeout.
-      rt.client->barrier("weights_loaded/" + replica_tag, args.tp_size,
-                         Millis(std::chrono::hours(2)));
+      rt.client->barrier(fmt::format("weights_loaded/{}/g{}", replica_tag, flags.generation),
+                         args.tp_size, Millis(std::chrono::hours(2)));
       // Every rank must make the same scheduling decisions: one KV pool size and one seed.
       ProcessGroup& world = *rt.state.world;
       const KVPoolSize planned = Scheduler::plan_kv_pool(config, *model);
@@ -536,15 +574,17 @@ int run_scheduler_process(ChildContext& ctx) {
     if (leader) {
       // Under DP the controller hands this group its requests and takes its load reports and
       // control answers; outputs always go straight to the main process.
-      in.emplace(zmq::socket_type::pull);
-      in->connect(ipc_endpoint(runtime_dir, dp_rank >= 0 ? dp_leader_input_socket(dp_rank)
-                                                         : std::string(kSchedulerInputSocket)));
-      out.emplace(zmq::socket_type::push);
-      out->connect(ipc_endpoint(runtime_dir, kSchedulerOutputSocket));
-      if (dp_rank >= 0) {
-        control.emplace(zmq::socket_type::push);
-        control->connect(ipc_endpoint(runtime_dir, kDpControllerLoadSocket));
-      }
+      const LeaderEndpoints ep = leader_endpoints(args, runtime_dir, dp_rank, rt.client.get());
+      const ClusterSecret secret = ep.secure ? ClusterSecret(args.cluster_secret) : ClusterSecret();
+      auto open = [&](std::optional<MessageSocket>& s, zmq::socket_type type,
+                      const std::string& endpoint) {
+        s.emplace(type);
+        if (ep.secure) secure_client_socket(s->raw(), secret);
+        s->connect(endpoint);
+      };
+      open(in, zmq::socket_type::pull, ep.input);
+      open(out, zmq::socket_type::push, ep.output);
+      if (dp_rank >= 0) open(control, zmq::socket_type::push, ep.control);
     }
 
     const KVPoolSize& pool = scheduler.kv_pool_size();

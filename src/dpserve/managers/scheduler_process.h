@@ -31,6 +31,9 @@ inline constexpr const char* kRankFlag = "--dpserve-rank";                // glo
 inline constexpr const char* kCoordinatorFlag = "--dpserve-coordinator";  // tcp://host:port
 inline constexpr const char* kLocalRanksFlag = "--dpserve-local-ranks";   // ranks on this node
 inline constexpr const char* kGlooHostFlag = "--dpserve-gloo-host";  // address peers reach us at
+// Which incarnation of the ranks this is: 0 at launch, higher after a restart (recovery). It
+// names the rendezvous keys and barriers, so a restarted group never meets a previous one's.
+inline constexpr const char* kGenerationFlag = "--dpserve-generation";
 
 // A rank's identity in a multi-rank launch (the internal flags above).
 struct RankFlags {
@@ -38,6 +41,7 @@ struct RankFlags {
   std::string coordinator;              // the coordinator's address; empty with one rank
   int local_ranks = 1;                  // scheduler ranks on this node (they share its cores)
   std::string gloo_host = "127.0.0.1";  // this node's address for Gloo connections
+  int generation = 0;                   // incarnation (kGenerationFlag); 0 at launch
 };
 
 // Compute threads per rank when --num-threads is 0: this machine's cores divided among its ranks.

@@ -3,6 +3,7 @@
 #include <random>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
@@ -80,7 +81,7 @@ double GenerateHandle::elapsed_seconds() const {
   return std::chrono::duration<double>(Clock::now() - created_).count();
 }
 
-void GenerateHandle::push(const TokenIdOut& out) {
+void GenerateHandle::push(const TokenIdOut& out, bool notify) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     const auto it = base_.find(out.rid);
@@ -106,13 +107,16 @@ void GenerateHandle::push(const TokenIdOut& out) {
     }
     queue_.push_back({seq, out});
   }
-  cv_.notify_all();
+  if (notify) cv_.notify_all();
 }
 
-void GenerateHandle::fail(const std::string& message) {
+void GenerateHandle::fail(const std::string& message, int retry_after_s) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!error_) error_ = message;
+    if (!error_) {
+      error_ = message;
+      retry_after_s_ = retry_after_s;
+    }
   }
   cv_.notify_all();
 }
@@ -125,7 +129,9 @@ std::vector<GenerateChunk> GenerateHandle::next(std::chrono::milliseconds timeou
   std::vector<GenerateChunk> chunks(std::make_move_iterator(queue_.begin()),
                                     std::make_move_iterator(queue_.end()));
   queue_.clear();
-  if (chunks.empty() && error_) throw ApiError(503, *error_, "service_unavailable");
+  if (chunks.empty() && error_) {
+    throw ApiError(503, *error_, "service_unavailable").with_retry_after(retry_after_s_);
+  }
   return chunks;
 }
 
@@ -184,8 +190,7 @@ std::string TokenizerManager::new_rid() {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
   };
-  std::lock_guard<std::mutex> lock(mu_);
-  const uint64_t c = rid_counter_++;
+  const uint64_t c = rid_counter_.fetch_add(1);
   return fmt::format("{:016x}{:016x}", mix(rid_salt_ ^ c), mix(rid_salt_ + 2 * c + 1));
 }
 
@@ -238,15 +243,16 @@ void TokenizerManager::validate(const std::vector<int32_t>& ids, SamplingParams&
   }
   if (params.max_new_tokens == SamplingParams::kNoMaxNewTokens) {
     params.max_new_tokens = ctx - prompt_len;
-  } else if (prompt_len + params.max_new_tokens > ctx) {
+  } else if (params.max_new_tokens > ctx - prompt_len) {  // prompt_len + max could overflow
     throw ApiError(
         400,
-        fmt::format("Requested token count exceeds the model's maximum context length of {} "
-                    "tokens. You requested a total of {} tokens: {} tokens from the input and {} "
-                    "tokens for the completion (max_new_tokens){}. Please reduce the number of "
-                    "tokens in the input or the completion.",
-                    ctx, prompt_len + params.max_new_tokens, prompt_len, params.max_new_tokens,
-                    where),
+        fmt::format(
+            "Requested token count exceeds the model's maximum context length of {} "
+            "tokens. You requested a total of {} tokens: {} tokens from the input and {} "
+            "tokens for the completion (max_new_tokens){}. Please reduce the number of "
+            "tokens in the input or the completion.",
+            ctx, static_cast<uint64_t>(prompt_len) + static_cast<uint64_t>(params.max_new_tokens),
+            prompt_len, params.max_new_tokens, where),
         "invalid_request_error", "max_new_tokens");
   }
   const int64_t page = std::max<int64_t>(info_.page_size, 1);
@@ -260,17 +266,36 @@ void TokenizerManager::validate(const std::vector<int32_t>& ids, SamplingParams&
   }
 }
 
-std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateReqInput> inputs) {
-  if (dead_.load()) {
-    std::lock_guard<std::mutex> lock(mu_);
-    throw ApiError(503, dead_reason_, "service_unavailable");
-  }
+void TokenizerManager::throw_if_unavailable() const {
+  if (dead_.load()) throw ApiError(503, dead_reason_, "service_unavailable");
   if (!accepting_.load()) {
     throw ApiError(503, "the server is shutting down", "service_unavailable");
+  }
+  if (recovering_.load()) {
+    throw ApiError(503, "the server is recovering: " + recovery_reason_, "service_unavailable")
+        .with_retry_after(retry_after_s_);
+  }
+}
+
+std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateReqInput> inputs) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    throw_if_unavailable();
+    for (const GenerateReqInput& in : inputs) {
+      const auto down = down_groups_.find(in.data_parallel_rank);
+      if (in.data_parallel_rank >= 0 && down != down_groups_.end()) {
+        throw ApiError(503,
+                       fmt::format("DP group {} is restarting ({}); retry later",
+                                   in.data_parallel_rank, down->second.first),
+                       "service_unavailable")
+            .with_retry_after(down->second.second);
+      }
+    }
   }
   if (inputs.empty()) throw ApiError(400, "the request has no prompts", "invalid_request_error");
 
   std::shared_ptr<GenerateHandle> h(new GenerateHandle());
+  h->self_ = h;
   h->created_ = Clock::now();
   std::vector<TokenizedGenerateReq> reqs;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -316,6 +341,7 @@ std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateR
 
   {
     std::lock_guard<std::mutex> lock(mu_);
+    throw_if_unavailable();  // again: a failure may have begun while this call tokenized
     for (const std::string& rid : h->rids_) {
       if (live_.count(rid) != 0) {
         throw ApiError(400, fmt::format("a request with rid \"{}\" is already running", rid),
@@ -323,6 +349,9 @@ std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateR
       }
     }
     for (const std::string& rid : h->rids_) live_[rid] = h.get();
+    for (const TokenizedGenerateReq& r : reqs) {
+      if (r.data_parallel_rank >= 0) rid_group_[r.rid] = r.data_parallel_rank;
+    }
     h->manager_ = this;
     open_handles_.fetch_add(1);
   }
@@ -358,6 +387,7 @@ void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
       const auto it = live_.find(rid);
       if (it != live_.end() && it->second == handle) {
         live_.erase(it);
+        rid_group_.erase(rid);
         to_abort.push_back(rid);
       }
     }
@@ -373,7 +403,7 @@ void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
                                       last.cached_tokens, /*aborted=*/true);
     }
   }
-  if (!abort_unfinished || dead_.load()) return;
+  if (!abort_unfinished || dead_.load() || recovering_.load()) return;
   for (const std::string& rid : to_abort) {
     spdlog::info("[{}] abort: the client went away before it finished", rid);
     send(AbortReq{rid, false});
@@ -381,7 +411,7 @@ void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
 }
 
 void TokenizerManager::abort(const std::string& rid) {
-  if (dead_.load()) return;
+  if (dead_.load() || recovering_.load()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (live_.count(rid) == 0) return;
@@ -396,7 +426,7 @@ void TokenizerManager::abort_all() {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [rid, h] : live_) rids.push_back(rid);
   }
-  if (dead_.load()) return;
+  if (dead_.load() || recovering_.load()) return;
   if (!rids.empty()) spdlog::info("aborting {} live requests", rids.size());
   send(AbortReq{"", true});
 }
@@ -417,6 +447,92 @@ void TokenizerManager::set_scheduler_dead(const std::string& reason) {
   control_cv_.notify_all();
 }
 
+void TokenizerManager::set_recovering(std::optional<std::string> reason, int retry_after_s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  recovery_reason_ = reason.value_or("");
+  retry_after_s_ = retry_after_s;
+  recovering_.store(reason.has_value());
+}
+
+void TokenizerManager::forget_rid(const std::string& rid) {
+  live_.erase(rid);
+  rid_group_.erase(rid);
+}
+
+int64_t TokenizerManager::fail_requests(int32_t dp_rank, const std::string& reason,
+                                        int retry_after_s) {
+  int64_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::pair<std::string, GenerateHandle*>> hit;
+    for (const auto& [rid, h] : live_) {
+      const auto g = rid_group_.find(rid);
+      if (dp_rank < 0 || (g != rid_group_.end() && g->second == dp_rank)) hit.emplace_back(rid, h);
+    }
+    // Failing under mu_ keeps the handles alive (their destructors wait for mu_ in release()).
+    // Other prompts of a failed call that run elsewhere stay live: release() aborts them.
+    for (const auto& [rid, h] : hit) {
+      forget_rid(rid);
+      h->fail(reason, retry_after_s);
+    }
+    n = static_cast<int64_t>(hit.size());
+  }
+  if (n > 0) spdlog::warn("{} requests failed: {}", n, reason);
+  return n;
+}
+
+void TokenizerManager::set_dp_group_down(int32_t dp_rank, const std::string& reason,
+                                         int retry_after_s) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    down_groups_[dp_rank] = {reason, retry_after_s};
+  }
+  // Requests the controller dispatched there before it hears this are failed as their dispatch
+  // notices arrive (the notices precede anything it does after this message).
+  send(DpGroupState{dp_rank, false, reason});
+  fail_requests(dp_rank, reason, retry_after_s);
+}
+
+void TokenizerManager::set_dp_group_up(int32_t dp_rank) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    down_groups_.erase(dp_rank);
+  }
+  send(DpGroupState{dp_rank, true, ""});
+}
+
+HealthStatus TokenizerManager::health() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (dead_.load()) return {false, "dead", "the server is stopping: " + dead_reason_, 0};
+  if (!accepting_.load()) {
+    return {false, "draining",
+            "the server is draining: it is shutting down and takes no new requests", 0};
+  }
+  if (recovering_.load()) {
+    return {false, "recovering", "the server is recovering: " + recovery_reason_, retry_after_s_};
+  }
+  return {true, "serving", "", 0};
+}
+
+void TokenizerManager::on_dispatch_notice(const DpDispatchNotice& notice) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = 0; i < notice.rids.size() && i < notice.dp_ranks.size(); ++i) {
+    const auto it = live_.find(notice.rids[i]);
+    if (it == live_.end()) continue;  // finished or released already
+    const auto down = down_groups_.find(notice.dp_ranks[i]);
+    if (down == down_groups_.end()) {
+      rid_group_[notice.rids[i]] = notice.dp_ranks[i];
+      continue;
+    }
+    // Dispatched to a group that died since: it will never answer.
+    GenerateHandle* h = it->second;
+    spdlog::warn("[{}] failed: DP group {} is down: {}", notice.rids[i], notice.dp_ranks[i],
+                 down->second.first);
+    forget_rid(notice.rids[i]);
+    h->fail(down->second.first, down->second.second);
+  }
+}
+
 int64_t TokenizerManager::num_live_requests() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int64_t>(live_.size());
@@ -433,14 +549,26 @@ void TokenizerManager::receive_loop() {
       continue;
     }
     if (!msg) continue;
+    if (const auto* notice = std::get_if<DpDispatchNotice>(&*msg)) {
+      on_dispatch_notice(*notice);  // from the controller: no sign of scheduler progress
+      continue;
+    }
     last_receive_ns_.store(now_ns());
     if (auto* batch = std::get_if<BatchTokenIdOut>(&*msg)) {
-      std::lock_guard<std::mutex> lock(mu_);
+      // Waking a handler's thread while mu_ is held lets it preempt this thread inside mu_, and
+      // every HTTP thread starting or ending a request then queues behind it (a lock convoy
+      // that, under load, starved the HTTP pool). So handlers are woken after mu_ is released,
+      // their handles pinned meanwhile (a handle whose owner let go is being released: skipped).
+      std::vector<std::shared_ptr<GenerateHandle>> to_wake;
+      std::unique_lock<std::mutex> lock(mu_);
       for (const TokenIdOut& out : batch->outputs) {
         const auto it = live_.find(out.rid);
         if (it == live_.end()) continue;  // aborted by its client and released already
         GenerateHandle* h = it->second;
-        h->push(out);
+        std::shared_ptr<GenerateHandle> pinned = h->self_.lock();
+        if (pinned == nullptr) continue;
+        h->push(out, /*notify=*/false);
+        if (to_wake.empty() || to_wake.back() != pinned) to_wake.push_back(std::move(pinned));
         if (out.finished) {
           if (log_requests_) {
             spdlog::info("[{}] finish: index {}, {} completion tokens, finish_reason {}", out.rid,
@@ -456,9 +584,15 @@ void TokenizerManager::receive_loop() {
               if (!h->seq_finished_[static_cast<size_t>(s)]) all = false;
             }
           }
-          if (all) live_.erase(it);
+          if (all) {
+            rid_group_.erase(out.rid);
+            live_.erase(it);
+          }
         }
       }
+      lock.unlock();
+      for (const std::shared_ptr<GenerateHandle>& h : to_wake) h->cv_.notify_all();
+      to_wake.clear();  // may run the last owner's release(), which takes mu_
       continue;
     }
     {
@@ -475,9 +609,11 @@ Message TokenizerManager::control(const Message& request, std::chrono::milliseco
     std::lock_guard<std::mutex> lock(control_resp_mu_);
     control_resp_.reset();
   }
-  if (dead_.load()) {
+  if (dead_.load() || recovering_.load()) {
     std::lock_guard<std::mutex> lock(mu_);
-    throw ApiError(503, dead_reason_, "service_unavailable");
+    if (dead_.load()) throw ApiError(503, dead_reason_, "service_unavailable");
+    throw ApiError(503, "the server is recovering: " + recovery_reason_, "service_unavailable")
+        .with_retry_after(retry_after_s_);
   }
   if (!send(request)) {
     throw ApiError(503, "the scheduler process is not reachable", "service_unavailable");
@@ -509,22 +645,47 @@ nlohmann::json TokenizerManager::scheduler_server_info(std::chrono::milliseconds
                  "internal_error");
 }
 
-bool TokenizerManager::health_generate(std::chrono::milliseconds timeout) {
-  // SGLang's probe: one greedy token from input_ids [0]. Any output that arrives after the probe
-  // was sent also proves the scheduler is making progress (it is busy with other requests).
+std::vector<int32_t> TokenizerManager::health_generate(int dp_size,
+                                                       std::chrono::milliseconds timeout) {
+  // SGLang's probe: one greedy token from input_ids [0], here one per DP group. With a single
+  // group, any output that arrives after the probe was sent also proves the scheduler is making
+  // progress (it is busy with other requests); outputs do not say their group, so with several
+  // each group's own probe must answer.
   const int64_t tic = now_ns();
-  GenerateReqInput in;
-  in.input_ids = {0};
-  in.sampling_params.max_new_tokens = 1;
-  in.sampling_params.temperature = 0.0;
-  in.rid = "HEALTH_CHECK_" + new_rid();
-  std::shared_ptr<GenerateHandle> h = generate({std::move(in)});
-  const auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    if (!h->next(std::chrono::milliseconds(100)).empty() || h->done()) return true;
-    if (last_receive_ns_.load() > tic) return true;
+  const int n = std::max(dp_size, 1);
+  std::vector<GenerateReqInput> probes;
+  for (int k = 0; k < n; ++k) {
+    GenerateReqInput in;
+    in.input_ids = {0};
+    in.sampling_params.max_new_tokens = 1;
+    in.sampling_params.temperature = 0.0;
+    in.rid = "HEALTH_CHECK_" + new_rid();
+    in.data_parallel_rank = n > 1 ? k : -1;
+    probes.push_back(std::move(in));
   }
-  return false;
+  std::shared_ptr<GenerateHandle> h = generate(std::move(probes));
+  std::vector<bool> answered(static_cast<size_t>(n), false);
+  int missing = n;
+  const auto deadline = Clock::now() + timeout;
+  while (missing > 0 && Clock::now() < deadline) {
+    for (const GenerateChunk& c : h->next(std::chrono::milliseconds(100))) {
+      const auto k = static_cast<size_t>(c.seq);  // one sequence per probe
+      if (c.out.completion_tokens > 0 && !answered[k]) {
+        answered[k] = true;
+        --missing;
+      }
+    }
+    if (n == 1 && last_receive_ns_.load() > tic) return {};
+  }
+  std::vector<int32_t> failed;
+  for (int k = 0; k < n; ++k) {
+    if (!answered[static_cast<size_t>(k)]) failed.push_back(k);
+  }
+  if (!failed.empty()) {
+    spdlog::warn("[{}] health check: no token from DP group(s) {} within {} ms", h->rids().front(),
+                 fmt::join(failed, ", "), timeout.count());
+  }
+  return failed;
 }
 
 }  // namespace dpserve

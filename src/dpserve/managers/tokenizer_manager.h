@@ -14,6 +14,12 @@
 // stop strings), so the outputs carry final text deltas; there is no separate detokenizer
 // process or thread here.
 //
+// Failures (node 0's ServerSupervisor drives them): set_recovering() makes new requests 503 +
+// Retry-After while the scheduler ranks restart; fail_requests() ends live requests with a 503
+// (streams: an error event); under plain DP set_dp_group_down() fails only that group's requests
+// (the controller's DpDispatchNotice tells which group each request went to) and routes around
+// it until set_dp_group_up(). health() is what /health answers.
+//
 // Thread safety: every public method may be called from any thread.
 
 #include <atomic>
@@ -89,6 +95,14 @@ struct SequenceOutput {
 
 class TokenizerManager;
 
+// What /health reports: whether the server serves, and if not, which state it is in and why.
+struct HealthStatus {
+  bool ok = true;         // serving: /health answers 200
+  std::string state;      // "serving", "recovering", "draining" or "dead"
+  std::string message;    // why it does not serve (empty when it does)
+  int retry_after_s = 0;  // Retry-After hint for 503 answers; 0 = none
+};
+
 // The live state of one generate call, shared by the handler and the receiver thread. Dropping
 // it before every sequence finished aborts the unfinished requests.
 class GenerateHandle {
@@ -123,11 +137,12 @@ class GenerateHandle {
  private:
   friend class TokenizerManager;
   GenerateHandle() = default;
-  // Called by the receiver thread.
-  void push(const TokenIdOut& out);
-  void fail(const std::string& message);
+  // Called by the receiver thread; with notify false the caller wakes the waiter (cv_) later.
+  void push(const TokenIdOut& out, bool notify = true);
+  void fail(const std::string& message, int retry_after_s = 0);
 
   TokenizerManager* manager_ = nullptr;
+  std::weak_ptr<GenerateHandle> self_;  // lets the receiver pin the handle outside the lock
   std::vector<std::string> rids_;
   std::vector<std::vector<int32_t>> input_ids_;
   std::vector<int64_t> seq_prompt_;                // seq -> prompt
@@ -140,6 +155,7 @@ class GenerateHandle {
   std::vector<bool> seq_finished_;
   int64_t num_finished_ = 0;
   std::optional<std::string> error_;
+  int retry_after_s_ = 0;  // sent with error_'s 503 (0 = no Retry-After)
   // Per sequence, when the manager records metrics: timing and token counters.
   std::vector<RequestMetricsRecorder> recorders_;
   // Per sequence: the last output seen (for an abort's final metrics).
@@ -166,8 +182,11 @@ class TokenizerManager {
   // The scheduler's runtime facts as a JSON object; ApiError 503 when it does not answer.
   nlohmann::json scheduler_server_info(
       std::chrono::milliseconds timeout = std::chrono::seconds(10));
-  // Runs a one-token generation; true when output arrived within `timeout`.
-  bool health_generate(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  // Sends a one-token probe to each of `dp_size` DP groups (pinned with data_parallel_rank; one
+  // unpinned probe when dp_size is 1) and returns the groups whose probe produced no token within
+  // `timeout` (empty = healthy). With one group any output that arrives meanwhile also counts.
+  std::vector<int32_t> health_generate(
+      int dp_size, std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
   // Aborts one request by rid (no-op when it is not live).
   void abort(const std::string& rid);
@@ -177,14 +196,30 @@ class TokenizerManager {
   void stop_accepting();
   // Marks the scheduler dead: every waiting handle and later call fails with `reason` (503).
   void set_scheduler_dead(const std::string& reason);
+  // Recovery of the scheduler ranks: while set, generate() and control requests answer 503
+  // with `reason` and Retry-After `retry_after_s`, /health says "recovering", and nothing is
+  // sent to the (restarting) scheduler; nullopt ends it (serving again).
+  void set_recovering(std::optional<std::string> reason, int retry_after_s = 0);
+  // Ends every live request of DP group `dp_rank` (every live request with -1) with a 503
+  // naming `reason` (streams get an error event, then [DONE]); their rids are forgotten, so
+  // nothing is aborted later. Returns how many requests failed.
+  int64_t fail_requests(int32_t dp_rank, const std::string& reason, int retry_after_s = 0);
+  // Plain DP: DP group `dp_rank` is down (its ranks restart): its live requests fail, requests
+  // pinned to it get 503 + Retry-After, the DataParallelController routes around it. Until
+  // set_dp_group_up, whose controller message puts it back in the rotation.
+  void set_dp_group_down(int32_t dp_rank, const std::string& reason, int retry_after_s = 0);
+  // The restarted DP group `dp_rank` serves again.
+  void set_dp_group_up(int32_t dp_rank);
+  // The serving state for /health.
+  HealthStatus health() const;
   // Stops the receiver thread (idempotent; also done by the destructor).
   void shutdown();
   // Records every later request's metrics (TTFT, inter-token latency, e2e latency, token
   // counters, aborts) into `metrics`, which must outlive the manager; nullptr stops recording.
   void set_metrics(ServingMetrics* metrics) { metrics_.store(metrics); }
 
-  // True while the scheduler is alive and requests are accepted.
-  bool healthy() const { return !dead_.load() && accepting_.load(); }
+  // True while the scheduler is alive and requests are accepted (health().ok).
+  bool healthy() const { return !dead_.load() && accepting_.load() && !recovering_.load(); }
   // Number of live (unfinished) requests.
   int64_t num_live_requests() const;
   // Number of generate calls whose handle is still held (responses still being written).
@@ -203,6 +238,9 @@ class TokenizerManager {
   bool send(const Message& msg);
   void release(GenerateHandle* handle, bool abort_unfinished);
   void receive_loop();
+  void on_dispatch_notice(const DpDispatchNotice& notice);
+  void forget_rid(const std::string& rid);  // under mu_
+  void throw_if_unavailable() const;        // under mu_
   Message control(const Message& request, std::chrono::milliseconds timeout);
 
   std::shared_ptr<const Tokenizer> tokenizer_;
@@ -215,7 +253,7 @@ class TokenizerManager {
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, GenerateHandle*> live_;  // rid -> its call's handle
-  uint64_t rid_counter_ = 0;
+  std::atomic<uint64_t> rid_counter_{0};
   uint64_t rid_salt_ = 0;
 
   std::mutex control_mu_;  // one control request at a time
@@ -226,6 +264,14 @@ class TokenizerManager {
   std::atomic<bool> accepting_{true};
   std::atomic<bool> dead_{false};
   std::string dead_reason_;  // guarded by mu_
+  std::atomic<bool> recovering_{false};
+  std::string recovery_reason_;  // guarded by mu_
+  int retry_after_s_ = 0;        // guarded by mu_: Retry-After while recovering
+  // Plain DP, guarded by mu_: the DP group of each live request (from the controller's
+  // dispatch notices or the request's own data_parallel_rank), and the groups that are down
+  // (dp rank -> (reason, Retry-After)).
+  std::unordered_map<std::string, int32_t> rid_group_;
+  std::unordered_map<int32_t, std::pair<std::string, int>> down_groups_;
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> last_receive_ns_{0};
   std::atomic<int64_t> open_handles_{0};

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include <fmt/ranges.h>
@@ -31,6 +32,9 @@ namespace {
 
 // Largest header we accept; real headers are well under a few MiB.
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+// Largest dimension, element count and byte count of a tensor (they are held as int64_t).
+constexpr uint64_t kMaxCount = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 
 bool parse_dtype(const std::string& s, DType* out) {
   if (s == "F32") {
@@ -94,6 +98,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     if (!header.is_object()) throw_error("{}: header is not a JSON object", path);
     const uint8_t* data = bytes + 8 + header_len;
     const uint64_t data_size = size - 8 - header_len;
+    // Writers pad the header to a multiple of 8 so tensors stay aligned in the mapping; without
+    // that padding, reading them as float / uint16_t in place would be misaligned (UB), so the
+    // data section is copied to 8-byte-aligned memory.
+    if (header_len % 8 != 0 && data_size > 0) {
+      aligned_data_.reset(new uint64_t[(data_size + 7) / 8]);
+      std::memcpy(aligned_data_.get(), data, data_size);
+      data = reinterpret_cast<const uint8_t*>(aligned_data_.get());
+    }
 
     std::vector<std::pair<std::pair<uint64_t, uint64_t>, std::string>> ranges;
     for (const auto& [name, info] : header.items()) {
@@ -112,13 +124,26 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         throw_error("{}: tensor '{}': unsupported dtype '{}' (supported: F32, F16, BF16)", path,
                     name, dtype);
       }
+      // The element and byte counts must fit in 64 bits: a wrapped product would let a huge
+      // shape pass with a few bytes of data.
       uint64_t numel = 1;
+      bool overflow = false;
+      std::vector<uint64_t> dims;
       for (const auto& d : info["shape"]) {
         if (!d.is_number_unsigned()) {
           throw_error("{}: tensor '{}': shape entries must be non-negative integers", path, name);
         }
-        t.shape.push_back(d.get<int64_t>());
-        numel *= d.get<uint64_t>();
+        const uint64_t dim = d.get<uint64_t>();
+        overflow = overflow || dim > kMaxCount || __builtin_mul_overflow(numel, dim, &numel);
+        dims.push_back(dim);
+        t.shape.push_back(static_cast<int64_t>(dim));
+      }
+      uint64_t need = 0;
+      overflow =
+          overflow || __builtin_mul_overflow(numel, dtype_size(t.dtype), &need) || need > kMaxCount;
+      if (overflow) {
+        throw_error("{}: tensor '{}': shape [{}] has more elements than 64 bits can count", path,
+                    name, fmt::join(dims, ", "));
       }
       const auto& off = info["data_offsets"];
       if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
@@ -132,7 +157,6 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
             "bytes (truncated file?)",
             path, name, begin, end, data_size);
       }
-      const uint64_t need = numel * dtype_size(t.dtype);
       if (end - begin != need) {
         throw_error("{}: tensor '{}': shape [{}] in {} needs {} bytes but data_offsets span {}",
                     path, name, fmt::join(t.shape, ", "), dtype, need, end - begin);
@@ -260,6 +284,7 @@ size_t WeightStore::total_bytes() const {
 std::vector<float> to_f32(const TensorView& t) {
   const size_t n = static_cast<size_t>(t.numel());
   std::vector<float> out(n);
+  if (n == 0) return out;  // memcpy from / to null pointers is undefined even for 0 bytes
   const auto* p16 = static_cast<const uint16_t*>(t.data);
   switch (t.dtype) {
     case DType::F32:

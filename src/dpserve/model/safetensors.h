@@ -29,7 +29,8 @@ struct TensorView {
 class SafetensorsFile {
  public:
   // Maps and validates `path`: header length and JSON, dtypes, shapes vs byte ranges, ranges
-  // inside the data section and not overlapping.
+  // inside the data section and not overlapping. Every tensor's data is aligned to its dtype
+  // (a data section that the header leaves misaligned is copied).
   explicit SafetensorsFile(const std::string& path);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -43,6 +44,9 @@ class SafetensorsFile {
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
+  // The data section copied to aligned memory when the header length leaves it misaligned for
+  // its dtypes (tensors are read as float / uint16_t in place); empty otherwise.
+  std::unique_ptr<uint64_t[]> aligned_data_;
   std::map<std::string, TensorView> tensors_;
 };
 

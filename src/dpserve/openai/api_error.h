@@ -26,6 +26,13 @@ class ApiError : public std::runtime_error {
   int status() const { return status_; }
   const std::string& type() const { return type_; }
   const std::optional<std::string>& param() const { return param_; }
+  // Sets the Retry-After seconds sent with this error (a 503 while the server recovers).
+  ApiError& with_retry_after(int seconds) {
+    retry_after_s_ = seconds;
+    return *this;
+  }
+  // The Retry-After seconds; 0 = no header.
+  int retry_after() const { return retry_after_s_; }
 
   // The response body.
   nlohmann::json to_json() const {
@@ -40,6 +47,7 @@ class ApiError : public std::runtime_error {
   int status_;
   std::string type_;
   std::optional<std::string> param_;
+  int retry_after_s_ = 0;
 };
 
 }  // namespace dpserve

@@ -439,10 +439,20 @@ ChatTemplateOptions OpenAIRequest::chat_template_options() const {
 }
 
 nlohmann::ordered_json parse_json_body(std::string_view body) {
+  // Copying and dumping JSON values recurse per nesting level, so a deeply nested body (a few
+  // hundred KB of '[') would overflow the handler thread's stack: refuse it while parsing.
+  static constexpr int kMaxDepth = 256;
+  auto depth_limit = [](int depth, nlohmann::json::parse_event_t, ojson&) {
+    if (depth > kMaxDepth) {
+      throw ApiError(400,
+                     fmt::format("Invalid JSON body: nested deeper than {} levels", kMaxDepth));
+    }
+    return true;
+  };
   ojson j;
   try {
-    j = ojson::parse(body.begin(), body.end());
-  } catch (const nlohmann::json::parse_error& e) {
+    j = ojson::parse(body.begin(), body.end(), depth_limit);
+  } catch (const nlohmann::json::exception& e) {  // parse_error, out_of_range (1e999), ...
     // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, column 2: ..."
     std::string what = e.what();
     const size_t pos = what.find("] ");
@@ -562,11 +572,13 @@ void check_prompt_length(const OpenAIRequest& req, const std::vector<int32_t>& p
                            context_len, n));
   }
   const int64_t max_new = req.params.max_new_tokens;
-  if (max_new != SamplingParams::kNoMaxNewTokens && n + max_new > context_len) {
+  // max_new > context_len - n, not n + max_new > context_len: max_new may be near INT64_MAX.
+  if (max_new != SamplingParams::kNoMaxNewTokens && max_new > context_len - n) {
     bad(param, fmt::format("This model's maximum context length is {} tokens. However, you "
                            "requested {} tokens ({} in the {}, {} in the completion). Please "
                            "reduce the length of the {} or completion.",
-                           context_len, n + max_new, n, param, max_new, param));
+                           context_len, static_cast<uint64_t>(n) + static_cast<uint64_t>(max_new),
+                           n, param, max_new, param));
   }
 }
 

@@ -97,8 +97,9 @@ struct OpenAIRequest {
   ChatTemplateOptions chat_template_options() const;
 };
 
-// Parses a request body; throws ApiError 400 for malformed JSON (including invalid UTF-8) or a
-// body that is not a JSON object. Keeps key order (tool schemas are printed by templates).
+// Parses a request body; throws ApiError 400 for malformed JSON (including invalid UTF-8, numbers
+// out of range and nesting deeper than 256 levels) or a body that is not a JSON object. Keeps
+// key order (tool schemas are printed by templates).
 nlohmann::ordered_json parse_json_body(std::string_view body);
 
 // Parses and validates a /v1/completions body. Throws ApiError.

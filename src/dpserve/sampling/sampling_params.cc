@@ -207,7 +207,8 @@ SamplingParams SamplingParams::from_json(const nlohmann::json& j) {
     } else if (key == "custom_params") {
       // Opaque to the engine (SGLang passes it to custom logit processors, which dpserve lacks).
     } else if (std::find_if(std::begin(kUnsupported), std::end(kUnsupported),
-                            [&](const char* u) { return key == u; }) != std::end(kUnsupported)) {
+                            [&name = key](const char* u) { return name == u; }) !=
+               std::end(kUnsupported)) {
       throw_error("sampling parameter '{}' is not supported by dpserve", key);
     } else {
       throw_error("unknown sampling parameter '{}'", key);

@@ -1,6 +1,10 @@
 #include "dpserve/server/server_args.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
+#include <cctype>
 #include <iterator>
 #include <string_view>
 #include <vector>
@@ -61,6 +65,13 @@ void ServerArgs::add_to(CLI::App& app) {
       ->check(CLI::IsMember(to_vector(kLogLevels)));
   app.add_flag("--log-requests", log_requests, "Log the inputs and outputs of every request");
   app.add_flag("--enable-metrics", enable_metrics, "Serve Prometheus metrics at /metrics");
+  app.add_option("--http-timeout", http_timeout,
+                 "Seconds a client has to send a whole request (headers and body), and the "
+                 "longest one response write may wait for a client that does not read; the "
+                 "connection is closed after that (a stalled stream's request is aborted). "
+                 "Like llama.cpp's --timeout (600 there); idle kept-alive connections close "
+                 "after 5 s as with SGLang's uvicorn")
+      ->capture_default_str();
 
   // Parallelism and nodes.
   app.add_option("--tp-size", tp_size,
@@ -84,6 +95,11 @@ void ServerArgs::add_to(CLI::App& app) {
                  "Seconds to keep trying to reach the coordinator and peers, and the longest a "
                  "collective may wait for a peer")
       ->capture_default_str();
+  app.add_option("--cluster-secret", cluster_secret,
+                 "Secret shared by every node: the coordinator and inter-node sockets accept only "
+                 "peers that present it (required with --nnodes > 1; generated for one node). "
+                 "Prefer the environment variable, which `ps` does not show")
+      ->envname(kClusterSecretEnv);
   app.add_option("--load-balance-method", load_balance_method,
                  "How requests are routed to DP groups: round_robin, shortest_queue, "
                  "minimum_tokens")
@@ -123,6 +139,22 @@ void ServerArgs::add_to(CLI::App& app) {
   app.add_option_function<uint64_t>(
       "--random-seed", [this](const uint64_t& seed) { random_seed = seed; },
       "Seed for requests without their own seed (default: random)");
+
+  // Failures and lifecycle.
+  app.add_option("--heartbeat-timeout", heartbeat_timeout,
+                 "Seconds without a heartbeat after which a scheduler rank is declared dead "
+                 "(hung or stopped), killed and replaced; ranks heartbeat 5 times per timeout")
+      ->capture_default_str();
+  app.add_option("--max-restarts", max_restarts,
+                 "How many times in a row the ranks of a failed group (a DP replica, or all "
+                 "ranks under TP / DP attention) are restarted, after 1, 2, 4 ... s, before the "
+                 "server gives up and exits 1; the count resets after 60 s of service. 0 = a "
+                 "failed rank stops the server")
+      ->capture_default_str();
+  app.add_option("--shutdown-timeout", shutdown_timeout,
+                 "On SIGTERM / SIGINT, seconds in-flight requests may take to finish (new ones get "
+                 "503) before the rest are aborted; a second signal stops at once")
+      ->capture_default_str();
 }
 
 void ServerArgs::validate() const {
@@ -154,17 +186,19 @@ void ServerArgs::validate() const {
         "tp_size / dp_size attention ranks), got --tp-size {} --dp-size {}",
         tp_size, dp_size);
   }
-  if (tp_size % nnodes != 0) {
+  if (dp_size > 1 && !enable_dp_attention) {
+    // Plain DP: dp_size replicas of tp_size ranks, spread evenly over the nodes.
+    if ((tp_size * dp_size) % nnodes != 0) {
+      throw_error(
+          "--tp-size {} x --dp-size {} replica ranks must be divisible by --nnodes ({}): every "
+          "node runs the same number of ranks",
+          tp_size, dp_size, nnodes);
+    }
+  } else if (tp_size % nnodes != 0) {
     throw_error(
         "--tp-size ({}) must be divisible by --nnodes ({}): every node runs the same "
         "number of ranks",
         tp_size, nnodes);
-  }
-  if (dp_size > 1 && nnodes > 1 && !enable_dp_attention) {
-    throw_error(
-        "--dp-size {} over --nnodes {} needs --enable-dp-attention (plain DP replicas run on one "
-        "node)",
-        dp_size, nnodes);
   }
   if (nnodes > 1) {
     if (node_0_address.empty()) {
@@ -211,21 +245,29 @@ void ServerArgs::validate() const {
   check_choice("--schedule-policy", schedule_policy, kSchedulePolicies);
   check_choice("--attention-backend", attention_backend, kAttentionBackends);
   if (num_threads < 0) throw_error("--num-threads must be >= 0, got {}", num_threads);
+  if (!(http_timeout > 0)) throw_error("--http-timeout must be > 0 seconds, got {}", http_timeout);
   if (!(watchdog_timeout >= 0)) {
     throw_error("--watchdog-timeout must be >= 0 seconds, got {}", watchdog_timeout);
   }
   if (!(dist_timeout > 0)) throw_error("--dist-timeout must be > 0 seconds, got {}", dist_timeout);
+  if (!(heartbeat_timeout >= 0.5)) {
+    throw_error("--heartbeat-timeout must be >= 0.5 seconds, got {}", heartbeat_timeout);
+  }
+  if (max_restarts < 0) throw_error("--max-restarts must be >= 0, got {}", max_restarts);
+  if (!(shutdown_timeout >= 0)) {
+    throw_error("--shutdown-timeout must be >= 0 seconds, got {}", shutdown_timeout);
+  }
+  if (nnodes > 1 && cluster_secret.empty()) {
+    throw_error(
+        "--cluster-secret is required when --nnodes > 1 (got --nnodes {}): give every node the "
+        "same secret, e.g. from `od -An -tx1 -N32 /dev/urandom | tr -d ' \\n'`, through the flag "
+        "or ${}",
+        nnodes, kClusterSecretEnv);
+  }
 }
 
 void ServerArgs::check_implemented() const {
   constexpr std::string_view kLater = "is not implemented yet";
-  if (enable_dp_attention && dp_size > 1 && nnodes > 1) {
-    // The DP group leaders talk to the controller over ipc:// sockets on node 0.
-    throw_error(
-        "--enable-dp-attention with --dp-size {} over --nnodes {}: DP attention across "
-        "machines {} (run it on one node, or use --tp-size across nodes)",
-        dp_size, nnodes, kLater);
-  }
   if (dtype != "auto") {
     throw_error("--dtype {}: converting weights {}; --dtype auto keeps the checkpoint's type",
                 dtype, kLater);
@@ -253,6 +295,7 @@ nlohmann::json ServerArgs::to_json() const {
   j["log_level"] = log_level;
   j["log_requests"] = log_requests;
   j["enable_metrics"] = enable_metrics;
+  j["http_timeout"] = http_timeout;
   j["tp_size"] = tp_size;
   j["dp_size"] = dp_size;
   j["ep_size"] = ep_size;
@@ -276,7 +319,25 @@ nlohmann::json ServerArgs::to_json() const {
   j["num_threads"] = num_threads;
   j["watchdog_timeout"] = watchdog_timeout;
   j["random_seed"] = random_seed ? nlohmann::json(*random_seed) : nlohmann::json(nullptr);
+  j["heartbeat_timeout"] = heartbeat_timeout;
+  j["max_restarts"] = max_restarts;
+  j["shutdown_timeout"] = shutdown_timeout;
   return j;
+}
+
+bool is_loopback_host(const std::string& host) {
+  std::string h = host;
+  std::transform(h.begin(), h.end(), h.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (h == "localhost" || h == "localhost.") return true;
+  in_addr v4{};
+  // inet_aton also takes the short forms getaddrinfo binds ("127.1").
+  if (::inet_aton(h.c_str(), &v4) != 0) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, h.c_str(), &v6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
 }
 
 }  // namespace dpserve

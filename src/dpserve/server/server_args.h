@@ -36,6 +36,7 @@ struct ServerArgs {
   std::string log_level = "info";  // --log-level: debug | info | warning | error | critical
   bool log_requests = false;       // --log-requests: log every request's inputs and outputs
   bool enable_metrics = false;     // --enable-metrics: serve Prometheus /metrics
+  double http_timeout = 60.0;  // --http-timeout: seconds to receive a request / per blocked write
 
   // Parallelism and nodes.
   int tp_size = 1;                   // --tp-size: tensor-parallel ranks (total ranks under DP attn)
@@ -47,6 +48,9 @@ struct ServerArgs {
   std::string node_0_address;        // --node-0-address: host of node 0 (needed when nnodes > 1)
   int coordinator_port = 29500;      // --coordinator-port: node 0's coordinator TCP port
   double dist_timeout = 60.0;        // --dist-timeout: seconds to reach peers / per collective
+  // --cluster-secret (or $DPSERVE_CLUSTER_SECRET): only peers presenting it reach the coordinator
+  // and inter-node sockets; required with --nnodes > 1, generated on one node when empty.
+  std::string cluster_secret;
   std::string load_balance_method = "round_robin";  // --load-balance-method: DP request routing
 
   // Memory and scheduling.
@@ -63,6 +67,11 @@ struct ServerArgs {
   double watchdog_timeout = 300.0;          // --watchdog-timeout: seconds a step may hang; 0 = off
   std::optional<uint64_t> random_seed;  // --random-seed: seeds seedless requests; random if absent
 
+  // Failures and lifecycle.
+  double heartbeat_timeout = 5.0;  // --heartbeat-timeout: silent seconds before a rank is dead
+  int max_restarts = 3;            // --max-restarts: restarts in a row of failed ranks; 0 = exit
+  double shutdown_timeout = 30.0;  // --shutdown-timeout: seconds SIGTERM lets requests finish
+
   // Registers every flag on `app` with help text and defaults; parsing writes into this object,
   // which must outlive the parse.
   void add_to(CLI::App& app);
@@ -78,9 +87,14 @@ struct ServerArgs {
   // served_model_name, or model_path when it is empty.
   const std::string& effective_served_model_name() const;
 
-  // All settings as a JSON object with SGLang's key names (api_key is masked).
+  // All settings as a JSON object with SGLang's key names (api_key masked; cluster_secret left
+  // out).
   nlohmann::json to_json() const;
 };
+
+// The environment variable read when --cluster-secret is absent; node 0 also hands a generated
+// secret to its local children through it (never through argv, which `ps` shows).
+inline constexpr const char* kClusterSecretEnv = "DPSERVE_CLUSTER_SECRET";
 
 // The accepted values of the choice flags.
 inline constexpr const char* kSchedulePolicies[] = {"fcfs", "lpm"};
@@ -89,5 +103,10 @@ inline constexpr const char* kDTypes[] = {"auto", "float32", "bfloat16"};
 inline constexpr const char* kLogLevels[] = {"debug", "info", "warning", "error", "critical"};
 inline constexpr const char* kLoadBalanceMethods[] = {"round_robin", "shortest_queue",
                                                       "minimum_tokens"};
+
+// True when --host names this machine only: "localhost", an address in 127.0.0.0/8, "::1" or
+// an IPv4-mapped loopback address. "0.0.0.0", "::", other addresses and host names are not (a
+// host name is not resolved; it may reach other machines).
+bool is_loopback_host(const std::string& host);
 
 }  // namespace dpserve

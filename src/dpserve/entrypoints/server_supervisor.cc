@@ -1,0 +1,435 @@
+#include "dpserve/entrypoints/server_supervisor.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "dpserve/common/errors.h"
+#include "dpserve/distributed/coordinator_types.h"
+
+namespace dpserve {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kStableAfter = std::chrono::seconds(60);  // service that resets the restart count
+constexpr auto kMaxBackoff = std::chrono::seconds(30);
+constexpr auto kAbortGrace = std::chrono::seconds(5);  // after the abort, for the last responses
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// How a rank process ended, as a predicate ("died (killed by signal 9 (Killed))"), with what the
+// exit codes dpserve itself uses mean.
+std::string exit_cause(const ExitStatus& st) {
+  if (st.signal != 0) return fmt::format("died ({})", st.describe());
+  if (st.code == 3) {
+    return "exited with status 3: its watchdog found a step hung for longer than "
+           "--watchdog-timeout";
+  }
+  if (st.code == 1) return "exited with status 1 (an error, or a peer rank's failure)";
+  return fmt::format("exited unexpectedly ({})", st.describe());
+}
+
+}  // namespace
+
+ServerSupervisor::ServerSupervisor(const ServerArgs& args, RankLauncher& launcher,
+                                   TokenizerManager& tm, int signal_fd,
+                                   std::chrono::milliseconds startup)
+    : args_(args), launcher_(launcher), tm_(tm), signal_fd_(signal_fd), startup_(startup) {
+  plain_dp_ = args.dp_size > 1 && !args.enable_dp_attention;
+  world_size_ = args.tp_size * (plain_dp_ ? args.dp_size : 1);
+  const std::vector<int> local = launcher_.local_ranks();
+  const auto now = Clock::now();
+  if (plain_dp_) {
+    for (int32_t k = 0; k < args.dp_size; ++k) {
+      Unit u;
+      for (int r : local) {
+        if (r / args.tp_size == k) u.ranks.push_back(r);
+      }
+      if (u.ranks.empty()) continue;  // a replica on another node
+      u.dp_groups = {k};
+      u.description = fmt::format("DP group {}", k);
+      units_.push_back(std::move(u));
+    }
+  } else {
+    // One collective group, possibly over several nodes: the other nodes' launchers restart
+    // their ranks when node 0 publishes the generation (lifecycle_restart_key).
+    Unit u;
+    u.ranks = local;
+    for (int r = 0; r < world_size_; ++r) {
+      if (std::find(local.begin(), local.end(), r) == local.end()) u.remote_ranks.push_back(r);
+    }
+    for (int32_t k = 0; args.dp_size > 1 && k < args.dp_size; ++k) u.dp_groups.push_back(k);
+    u.whole_server = true;
+    u.description = world_size_ > 1 ? "the scheduler ranks" : "the scheduler process";
+    units_.push_back(std::move(u));
+  }
+  for (Unit& u : units_) u.up_since = now;
+  for (int r : local) pids_.push_back(launcher_.child(r).pid());
+  unit_states_.assign(units_.size(), UnitState::kServing);
+  unit_restarts_.assign(units_.size(), 0);
+}
+
+std::string lifecycle_restart_key(int generation) {
+  return fmt::format("lifecycle/restart/g{}", generation);
+}
+
+int ServerSupervisor::unit_of(int rank) const {
+  for (size_t i = 0; i < units_.size(); ++i) {
+    const auto& rs = units_[i].ranks;
+    const auto& remote = units_[i].remote_ranks;
+    if (std::find(rs.begin(), rs.end(), rank) != rs.end() ||
+        std::find(remote.begin(), remote.end(), rank) != remote.end()) {
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+int32_t ServerSupervisor::dp_group_of(int rank) const {
+  if (args_.dp_size <= 1) return -1;
+  if (plain_dp_) return rank / args_.tp_size;
+  return args_.enable_dp_attention ? rank / (args_.tp_size / args_.dp_size) : -1;
+}
+
+std::string ServerSupervisor::rank_name(int rank, int node, int64_t pid) const {
+  const int32_t g = dp_group_of(rank);
+  return fmt::format("{} (node {}, pid {}{})",
+                     world_size_ > 1 ? fmt::format("scheduler rank {}", rank)
+                                     : std::string("the scheduler process"),
+                     node, pid, g >= 0 ? fmt::format(", DP group {}", g) : "");
+}
+
+void ServerSupervisor::set_unit_state(int unit, UnitState state) {
+  units_[static_cast<size_t>(unit)].state = state;
+  std::lock_guard<std::mutex> lock(mu_);
+  unit_states_[static_cast<size_t>(unit)] = state;
+  unit_restarts_[static_cast<size_t>(unit)] = units_[static_cast<size_t>(unit)].restarts;
+}
+
+bool ServerSupervisor::all_units_down() const {
+  return std::none_of(units_.begin(), units_.end(),
+                      [](const Unit& u) { return u.state == UnitState::kServing; });
+}
+
+int ServerSupervisor::run() {
+  for (;;) {
+    std::vector<pollfd> fds = {{signal_fd_, POLLIN, 0}, {launcher_.dead_ranks_fd(), POLLIN, 0}};
+    for (int fd : launcher_.exit_fds()) fds.push_back({fd, POLLIN, 0});
+    std::vector<std::pair<int, int>> ready_at;  // (fds index, rank) of starting ranks
+    for (const Unit& u : units_) {
+      if (u.state != UnitState::kStarting) continue;
+      for (size_t i = 0; i < u.ranks.size(); ++i) {
+        const int fd = u.ready[i] ? -1 : launcher_.child(u.ranks[i]).ready_fd();
+        if (fd < 0) continue;
+        ready_at.emplace_back(static_cast<int>(fds.size()), u.ranks[i]);
+        fds.push_back({fd, POLLIN, 0});
+      }
+    }
+    const int rc = ::poll(fds.data(), fds.size(), 100);
+    if (rc < 0 && errno != EINTR) throw_error("poll: {}", std::strerror(errno));
+
+    if (rc > 0 && (fds[0].revents & POLLIN) != 0) on_signal();
+    if (forced_) return 0;
+    handle_dead_ranks();
+    handle_exits();
+    std::vector<std::vector<int>> readable(units_.size());
+    for (const auto& [idx, rank] : ready_at) {
+      if ((fds[static_cast<size_t>(idx)].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        const int u = unit_of(rank);
+        if (u >= 0) readable[static_cast<size_t>(u)].push_back(rank);
+      }
+    }
+    for (size_t u = 0; u < units_.size(); ++u) {
+      if (!readable[u].empty()) poll_ready(static_cast<int>(u), readable[u]);
+    }
+    const auto now = Clock::now();
+    for (size_t u = 0; u < units_.size() && !fatal_ && !draining_; ++u) {
+      if (units_[u].state == UnitState::kBackoff && now >= units_[u].restart_at) {
+        start_unit(static_cast<int>(u));
+      }
+    }
+    if (fatal_) {
+      spdlog::critical("{}", *fatal_);
+      tm_.set_scheduler_dead(*fatal_);
+      return 1;
+    }
+    if (draining_ && drain_step()) return 0;
+  }
+}
+
+void ServerSupervisor::on_signal() {
+  unsigned char b = 0;
+  while (::read(signal_fd_, &b, 1) == 1) {
+    if (!draining_) {
+      draining_ = true;
+      drain_deadline_ = Clock::now() + std::chrono::milliseconds(
+                                           static_cast<int64_t>(args_.shutdown_timeout * 1000));
+      tm_.stop_accepting();
+      spdlog::info(
+          "received {}: shutting down gracefully: draining {} requests in flight for up to "
+          "{:.0f} s (--shutdown-timeout); new requests get 503; a second signal stops at once",
+          strsignal(b), tm_.num_live_requests(), args_.shutdown_timeout);
+    } else if (!forced_) {
+      forced_ = true;
+      spdlog::warn("received {} again: stopping now ({} requests in flight fail)", strsignal(b),
+                   tm_.num_live_requests());
+      tm_.set_scheduler_dead("the server was stopped");
+    }
+  }
+}
+
+bool ServerSupervisor::drain_step() {
+  if (tm_.num_open_handles() == 0) {
+    spdlog::info("shutdown: every response is complete");
+    return true;
+  }
+  const auto now = Clock::now();
+  if (!aborted_ && now >= drain_deadline_) {
+    aborted_ = true;
+    spdlog::warn("shutdown: --shutdown-timeout ({:.0f} s) passed; aborting {} requests",
+                 args_.shutdown_timeout, tm_.num_live_requests());
+    tm_.abort_all();
+  }
+  if (aborted_ && now >= drain_deadline_ + kAbortGrace) {
+    spdlog::warn("shutdown: {} responses still open; closing them", tm_.num_open_handles());
+    tm_.set_scheduler_dead("the server is shutting down");
+    return true;
+  }
+  return false;
+}
+
+void ServerSupervisor::handle_dead_ranks() {
+  for (const RankState& st : launcher_.take_dead_ranks()) {
+    const int r = st.info.global_rank;
+    const std::string cause =
+        fmt::format("missed heartbeats for {:.1f} s (hung or stopped; --heartbeat-timeout {})",
+                    st.last_heartbeat_age_s, args_.heartbeat_timeout);
+    const int u = unit_of(r);
+    if (u < 0) {
+      // A plain DP replica on another node: its recovery is not supported.
+      fatal(
+          fmt::format("{} (host {}, pid {}) {}; a DP replica on another node failed: the server "
+                      "exits",
+                      rank_label(r, st.info.node_rank), st.info.host, st.info.pid, cause));
+      continue;
+    }
+    if (st.info.node_rank != args_.node_rank) {
+      // Its own launcher kills it when node 0 publishes the restart.
+      on_failure(u, r, st.info.node_rank, st.info.pid, cause);
+      continue;
+    }
+    ChildProcess& c = launcher_.child(r);
+    if (c.exit_status() || c.pid() != st.info.pid) continue;  // an incarnation already replaced
+    on_failure(u, r, args_.node_rank, c.pid(), cause + "; killed");
+  }
+}
+
+void ServerSupervisor::handle_exits() {
+  std::vector<RankExit> exits = launcher_.poll_exits();
+  // Ranks killed by a signal first: their peers then exit 1 on the broken collective, and the log
+  // should name the cause, not the consequence.
+  std::stable_sort(exits.begin(), exits.end(), [](const RankExit& a, const RankExit& b) {
+    return (a.status.signal != 0) > (b.status.signal != 0);
+  });
+  for (const RankExit& e : exits) {
+    if (e.rank < 0) {
+      fatal(fmt::format("the data parallel controller (pid {}) died ({}); the server exits", e.pid,
+                        e.status.describe()));
+      continue;
+    }
+    const int u = unit_of(e.rank);
+    if (u < 0) continue;
+    on_failure(u, e.rank, args_.node_rank, e.pid, exit_cause(e.status));
+  }
+}
+
+void ServerSupervisor::fatal(const std::string& message) {
+  if (!fatal_) fatal_ = message;
+}
+
+void ServerSupervisor::on_failure(int unit, int rank, int node, int64_t pid,
+                                  const std::string& cause) {
+  Unit& u = units_[static_cast<size_t>(unit)];
+  if (u.state == UnitState::kBackoff || u.state == UnitState::kDown) return;  // handled already
+  const auto now = Clock::now();
+  const bool was_serving = u.state == UnitState::kServing;
+  if (was_serving && now - u.up_since >= kStableAfter) u.restarts = 0;
+  u.failed_at = now;
+  const std::string what = fmt::format("{} {}", rank_name(rank, node, pid), cause);
+  const std::string why = fmt::format("rank {} {}", rank, cause);
+  launcher_.kill_ranks(u.ranks, why);
+  if (Coordinator* c = launcher_.coordinator()) {
+    for (int r : u.remote_ranks) c->declare_dead(r, why);  // they may register again
+  }
+
+  // What the unit's clients are told, and when to come back.
+  std::string action;
+  int retry_after = 0;
+  const bool can_restart = !draining_ && (args_.nnodes == 1 || !plain_dp_) &&
+                           args_.max_restarts > 0 && u.restarts < args_.max_restarts;
+  if (!can_restart && !draining_) {
+    if (args_.nnodes > 1 && plain_dp_) {
+      fatal(
+          fmt::format("{}; recovery of DP replicas over several nodes is not supported: the "
+                      "server exits",
+                      what));
+    } else if (args_.max_restarts == 0) {
+      fatal(fmt::format("{}; --max-restarts is 0: the server exits", what));
+    } else {
+      fatal(
+          fmt::format("{}; giving up after {} restarts in a row (--max-restarts {}): the server "
+                      "exits",
+                      what, u.restarts, args_.max_restarts));
+    }
+    return;
+  }
+  if (can_restart) {
+    const std::chrono::milliseconds delay = std::min<std::chrono::milliseconds>(
+        std::chrono::seconds(int64_t{1} << std::min(u.restarts, 5)), kMaxBackoff);
+    ++u.restarts;
+    u.restart_at = now + delay;
+    retry_after =
+        static_cast<int>(std::ceil(std::chrono::duration<double>(delay + startup_).count()));
+    action =
+        fmt::format("restarting {} in {:.0f} s (restart {} of {})", u.description,
+                    std::chrono::duration<double>(delay).count(), u.restarts, args_.max_restarts);
+    set_unit_state(unit, UnitState::kBackoff);
+  } else {
+    action = "not restarted: the server is shutting down";
+    set_unit_state(unit, UnitState::kDown);
+  }
+  spdlog::error("{}; {}", what, action);
+
+  const std::string reason = fmt::format(
+      "{} {}; {}",
+      world_size_ > 1 ? fmt::format("scheduler rank {}", rank) : "the scheduler process", cause,
+      can_restart ? fmt::format("restarting {}, retry in {} s", u.description, retry_after)
+                  : std::string("the server is shutting down"));
+  if (u.whole_server || all_units_down()) {
+    tm_.set_recovering(reason, retry_after);  // new requests: 503 + Retry-After
+  }
+  for (int32_t g : u.dp_groups) tm_.set_dp_group_down(g, reason, retry_after);
+  if (u.whole_server) tm_.fail_requests(-1, reason, retry_after);
+}
+
+void ServerSupervisor::start_unit(int unit) {
+  Unit& u = units_[static_cast<size_t>(unit)];
+  ++generation_;
+  try {
+    if (!u.remote_ranks.empty()) {
+      // The other nodes' launchers watch this key: they kill their ranks and start this
+      // generation.
+      launcher_.coordinator()->set(lifecycle_restart_key(generation_), std::to_string(generation_));
+      spdlog::info("asked the other nodes to restart their ranks (generation {})", generation_);
+    }
+    launcher_.respawn(u.ranks, generation_);
+  } catch (const Error& e) {
+    fatal(fmt::format("cannot restart {}: {}", u.description, e.what()));
+    return;
+  }
+  u.ready.assign(u.ranks.size(), false);
+  set_unit_state(unit, UnitState::kStarting);
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::vector<int> local = launcher_.local_ranks();
+  for (size_t i = 0; i < local.size(); ++i) pids_[i] = launcher_.child(local[i]).pid();
+}
+
+void ServerSupervisor::poll_ready(int unit, const std::vector<int>& readable_ranks) {
+  Unit& u = units_[static_cast<size_t>(unit)];
+  if (u.state != UnitState::kStarting) return;
+  for (int r : readable_ranks) {
+    ChildProcess& c = launcher_.child(r);
+    try {
+      c.wait_ready(std::chrono::seconds(5));
+    } catch (const Error& e) {
+      on_failure(unit, r, args_.node_rank, c.pid(), fmt::format("failed to start: {}", e.what()));
+      return;
+    }
+    const size_t i =
+        static_cast<size_t>(std::find(u.ranks.begin(), u.ranks.end(), r) - u.ranks.begin());
+    u.ready[i] = true;
+  }
+  if (std::all_of(u.ready.begin(), u.ready.end(), [](bool b) { return b; })) on_unit_ready(unit);
+}
+
+void ServerSupervisor::on_unit_ready(int unit) {
+  Unit& u = units_[static_cast<size_t>(unit)];
+  const bool was_all_down = all_units_down();
+  u.up_since = Clock::now();
+  set_unit_state(unit, UnitState::kServing);
+  for (int32_t g : u.dp_groups) tm_.set_dp_group_up(g);
+  if (u.whole_server || was_all_down) tm_.set_recovering(std::nullopt);
+  spdlog::info("{} back in service {:.1f} s after the failure (generation {}, restart {} of {})",
+               u.description, seconds_since(u.failed_at), generation_, u.restarts,
+               args_.max_restarts);
+}
+
+void ServerSupervisor::add_server_info(nlohmann::json& info) const {
+  const std::vector<RankState> coord =
+      launcher_.coordinator() ? launcher_.coordinator()->rank_states() : std::vector<RankState>{};
+  const std::vector<int> local = launcher_.local_ranks();
+  std::lock_guard<std::mutex> lock(mu_);
+  const HealthStatus h = tm_.health();
+  std::string state = h.state;
+  if (h.ok && std::any_of(unit_states_.begin(), unit_states_.end(),
+                          [](UnitState s) { return s != UnitState::kServing; })) {
+    state = "degraded";  // plain DP: some groups restart, the others serve
+  }
+  info["server_state"] = state;
+  const nlohmann::json* groups = nullptr;
+  if (info.contains("internal_states") && info["internal_states"].is_array() &&
+      !info["internal_states"].empty() && info["internal_states"][0].contains("dp_groups")) {
+    groups = &info["internal_states"][0]["dp_groups"];
+  }
+  nlohmann::json ranks = nlohmann::json::array();
+  for (int r = 0; r < world_size_; ++r) {
+    nlohmann::json j = {{"rank", r}};
+    const auto cs = std::find_if(coord.begin(), coord.end(),
+                                 [r](const RankState& s) { return s.info.global_rank == r; });
+    const auto li = std::find(local.begin(), local.end(), r);
+    int64_t pid = cs != coord.end() ? cs->info.pid : 0;
+    std::string st = cs != coord.end() ? std::string(liveness_name(cs->state)) : "unknown";
+    j["node"] = cs != coord.end() ? cs->info.node_rank : args_.node_rank;
+    if (li != local.end()) {
+      const size_t i = static_cast<size_t>(li - local.begin());
+      pid = pids_[i];
+      const int u = unit_of(r);
+      const UnitState us = unit_states_[static_cast<size_t>(u)];
+      if (us == UnitState::kBackoff) st = "restarting";
+      if (us == UnitState::kStarting && (cs == coord.end() || cs->info.pid != pid)) {
+        st = "starting";
+      }
+      if (us == UnitState::kDown) st = "dead";
+      j["restarts"] = unit_restarts_[static_cast<size_t>(u)];
+    }
+    j["pid"] = pid;
+    j["state"] = st;
+    const bool current = cs != coord.end() && cs->info.pid == pid;
+    j["seconds_since_heartbeat"] =
+        current ? nlohmann::json(cs->last_heartbeat_age_s) : nlohmann::json(nullptr);
+    const int32_t g = dp_group_of(r);
+    if (g >= 0) {
+      j["dp_group"] = g;
+      if (groups != nullptr && g < static_cast<int32_t>(groups->size()) &&
+          (*groups)[static_cast<size_t>(g)].contains("load")) {
+        j["load"] = (*groups)[static_cast<size_t>(g)]["load"];
+      }
+    }
+    ranks.push_back(std::move(j));
+  }
+  info["ranks"] = std::move(ranks);
+  if (!pids_.empty()) info["scheduler_pid"] = pids_.front();
+}
+
+}  // namespace dpserve

@@ -1,0 +1,68 @@
+#pragma once
+// Helpers for the multi-process server tests: greedy /generate calls, a server's child processes,
+// and waiting for processes to be gone.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "../http/server_process.h"
+
+namespace dpserve_test {
+
+// Greedy ids of /generate for `text` (`extra` merged into the body); {} and a test failure when
+// the request fails.
+inline std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, int n,
+                                   const nlohmann::json& extra = nlohmann::json::object()) {
+  httplib::Client c = s.client();
+  c.set_read_timeout(std::chrono::seconds(120));
+  nlohmann::json body = {{"text", text},
+                         {"sampling_params", {{"max_new_tokens", n}, {"temperature", 0}}}};
+  body.update(extra, /*merge_objects=*/true);
+  auto r = c.Post("/generate", body.dump(), "application/json");
+  if (!r || r->status != 200) {
+    ADD_FAILURE() << "generate failed: " << (r ? r->body : "no answer") << "\n" << s.log();
+    return {};
+  }
+  return nlohmann::json::parse(r->body)["output_ids"].get<std::vector<int>>();
+}
+
+// Direct children of `pid` (a server's scheduler ranks and controller).
+inline std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  const auto r = run_command("pgrep -P " + std::to_string(pid));
+  std::istringstream in(r.out);
+  for (pid_t p; in >> p;) out.push_back(p);
+  return out;
+}
+
+// Waits until every pid is gone (reaped by its parent or init); false after `timeout`.
+inline bool all_gone(const std::vector<pid_t>& pids, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    bool any = false;
+    for (pid_t p : pids) {
+      // A zombie still answers kill(0); read its state instead.
+      std::ifstream st("/proc/" + std::to_string(p) + "/stat");
+      std::string line;
+      if (st && std::getline(st, line)) {
+        const size_t close = line.rfind(')');
+        if (close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z') {
+          any = true;
+        }
+      }
+    }
+    if (!any) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+}  // namespace dpserve_test

@@ -1,0 +1,290 @@
+// Failures and recovery end to end (issue 8), on real `dpserve serve` process trees under load:
+// a scheduler rank killed (SIGKILL) or hung (SIGSTOP) under TP, DP attention and plain DP, a rank
+// that keeps dying until --max-restarts, and the graceful drain on SIGTERM. Every test checks the
+// clients' answers (errors within a bound, reference outputs), the timings and that no process
+// outlives the server. Timings go to stdout as "[timing] ..." lines (docs/reliability.md).
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "recovery_util.h"
+
+namespace {
+
+using namespace dpserve_test;
+using json = nlohmann::json;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using ::testing::HasSubstr;
+
+// TP=2: rank 1 killed while 8 streams and 4 plain requests run. Every client gets an error
+// within 10 s, new requests get 503 + Retry-After while all ranks restart, the reference output
+// is back within 30 s, no manual restart.
+TEST(TpFaults, RankKilledDuringRequestsRecovers) {
+  expect_recovery_after_signal({"--tp-size", "2"}, 1, SIGKILL, 10.0, "TP=2 SIGKILL rank 1");
+}
+
+// DP attention (2 ranks in 2 DP groups): one collective group, so every rank restarts.
+TEST(DpAttentionFaults, RankKilledDuringRequestsRecovers) {
+  expect_recovery_after_signal({"--tp-size", "2", "--dp-size", "2", "--enable-dp-attention"}, 1,
+                               SIGKILL, 10.0, "DP attention 2x2 SIGKILL rank 1");
+}
+
+// A stopped rank (SIGSTOP, never continued) is a hang: its missed heartbeats (2 s here) get it
+// killed and replaced; its peers' clients get errors instead of waiting for the collective.
+TEST(TpFaults, StoppedRankIsDetectedByHeartbeatsAndReplaced) {
+  expect_recovery_after_signal({"--tp-size", "2", "--heartbeat-timeout", "2"}, 1, SIGSTOP, 10.0,
+                               "TP=2 SIGSTOP rank 1 (heartbeat timeout 2 s)");
+}
+
+// Plain DP: group 1's rank killed while both groups stream. Group 0's in-flight requests finish
+// with the reference output; group 1's clients get errors within 10 s; requests pinned to group 1
+// get 503 + Retry-After while it restarts and succeed again within 30 s; unpinned requests are
+// served by group 0 all along.
+TEST(DpFaults, KilledReplicaRecoversWhileTheOtherServes) {
+  ServerProcess server({"--dp-size", "2", "--max-total-tokens", "16384"});
+  ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
+  const std::map<int, pid_t> before = scheduler_ranks(server);
+  ASSERT_EQ(before.size(), 2u);
+  constexpr int kTokens = 480;
+  LoadClients group0(server, 8, 2, kTokens, {{"data_parallel_rank", 0}});
+  LoadClients group1(server, 8, 2, kTokens, {{"data_parallel_rank", 1}});
+  ASSERT_TRUE(group0.wait_streams_started(seconds(30)));
+  ASSERT_TRUE(group1.wait_streams_started(seconds(30)));
+  const auto t_kill = RecoveryClock::now();
+  ASSERT_EQ(::kill(before.at(1), SIGKILL), 0);
+  const std::vector<ClientOutcome>& lost = group1.join();
+  RecoveryWatch pinned(server, {{"data_parallel_rank", 1}});  // from the detection on
+
+  // Meanwhile the server as a whole serves: unpinned requests go to group 0.
+  for (int i = 0; i < 3; ++i) {
+    const Probe p = probe(server);
+    EXPECT_EQ(p.status, 200) << p.body;
+    EXPECT_TRUE(p.reference) << p.body;
+  }
+  httplib::Client c = server.client();
+  auto health = c.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200) << "one group serves: the server is up";
+
+  double errors_within = 0;
+  for (size_t i = 0; i < lost.size(); ++i) {
+    const double t = seconds_between(t_kill, lost[i].ended);
+    errors_within = std::max(errors_within, t);
+    EXPECT_LT(t, 10.0) << "group 1 client " << i;
+    EXPECT_TRUE(lost[i].error) << "group 1 client " << i << ": " << lost[i].body.substr(0, 300);
+    EXPECT_EQ(lost[i].status, i < 8 ? 200 : 503) << lost[i].body.substr(0, 300);
+  }
+  const std::vector<ClientOutcome>& kept = group0.join();
+  for (size_t i = 0; i < kept.size(); ++i) {
+    expect_reference_completion(kept[i], kTokens, "group 0 client " + std::to_string(i));
+  }
+
+  pinned.join();
+  ASSERT_TRUE(pinned.recovered()) << server.log();
+  const double back_s = seconds_between(t_kill, pinned.back());
+  EXPECT_LT(back_s, 30.0);
+  ASSERT_TRUE(pinned.saw_503()) << "no 503 for group 1 while it restarted";
+  EXPECT_THAT(pinned.first_503().body, HasSubstr("DP group 1 is restarting"));
+  EXPECT_FALSE(pinned.first_503().retry_after.empty());
+  std::cout << "[timing] plain DP 2 SIGKILL group 1: its clients errored within " << errors_within
+            << " s, group 1 back in service after " << back_s << " s\n";
+
+  const json info = server_info(server);
+  EXPECT_EQ(info["server_state"], "serving");
+  ASSERT_EQ(info["ranks"].size(), 2u) << info.dump();
+  EXPECT_EQ(info["ranks"][0]["restarts"], 0);
+  EXPECT_EQ(info["ranks"][0]["pid"].get<int64_t>(), before.at(0));  // group 0 untouched
+  EXPECT_EQ(info["ranks"][1]["restarts"], 1);
+  EXPECT_NE(info["ranks"][1]["pid"].get<int64_t>(), before.at(1));
+  EXPECT_EQ(info["ranks"][1]["state"], "alive");
+  EXPECT_EQ(info["ranks"][1]["dp_group"], 1);
+  EXPECT_TRUE(info["ranks"][1]["load"].is_object()) << info["ranks"][1].dump();
+  EXPECT_THAT(server.log(), HasSubstr("scheduler rank 1 (node 0, pid " +
+                                      std::to_string(before.at(1)) + ", DP group 1) died"));
+
+  std::vector<pid_t> all = children_of(server.pid());
+  ASSERT_EQ(::kill(server.pid(), SIGTERM), 0);
+  EXPECT_EQ(server.wait_exit(seconds(20)), 0) << server.log();
+  EXPECT_TRUE(all_gone(all, seconds(5)));
+}
+
+// A rank that dies every time it comes back: after --max-restarts restarts in a row the server
+// gives up with a message naming the rank, the cause and the flag, and exits 1.
+TEST(RestartLimit, RankThatKeepsDyingStopsTheServer) {
+  ServerProcess server({"--max-total-tokens", "4096", "--max-restarts", "2"});
+  ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
+  std::set<pid_t> killed;
+  std::vector<pid_t> seen;
+  const auto deadline = RecoveryClock::now() + seconds(40);
+  std::optional<int> code;
+  while (!(code = server.wait_exit(milliseconds(0))) && RecoveryClock::now() < deadline) {
+    for (const auto& [rank, pid] : scheduler_ranks(server)) {
+      if (killed.insert(pid).second) {
+        seen.push_back(pid);
+        ::kill(pid, SIGKILL);
+      }
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  ASSERT_TRUE(code.has_value()) << "the server kept restarting\n" << server.log();
+  EXPECT_EQ(*code, 1) << server.log();
+  EXPECT_EQ(killed.size(), 3u) << "the first process and its 2 replacements";
+  EXPECT_THAT(server.log(), HasSubstr("giving up after 2 restarts in a row (--max-restarts 2)"));
+  EXPECT_THAT(server.log(),
+              HasSubstr("the scheduler process (node 0, pid " + std::to_string(seen.back())));
+  EXPECT_TRUE(all_gone(seen, seconds(5)));
+}
+
+// The 32 streaming requests of a batch in flight when SIGTERM arrives all finish normally (full
+// token counts), /health says "draining" and new requests get 503 meanwhile; the server exits 0,
+// its ranks are gone and its runtime directory removed.
+TEST(Shutdown, SigtermLetsInFlightStreamsFinish) {
+  ServerProcess server({"--dp-size", "2", "--max-total-tokens", "16384"});
+  ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
+  const std::string runtime_dir = server_info(server)["runtime_dir"];
+  const std::vector<pid_t> children = children_of(server.pid());
+  constexpr int kTokens = 400;
+  LoadClients clients(server, 32, 0, kTokens);
+  ASSERT_TRUE(clients.wait_streams_started(seconds(30)));
+  const auto t_term = RecoveryClock::now();
+  ASSERT_EQ(::kill(server.pid(), SIGTERM), 0);
+  std::this_thread::sleep_for(milliseconds(100));
+  if (!server.wait_exit(milliseconds(0))) {
+    const std::string health = raw_http(server.port(),
+                                        "GET /health HTTP/1.1\r\nHost: x\r\n"
+                                        "Connection: close\r\n\r\n");
+    expect_api_error(health, 503, "draining");
+    const std::string gen = raw_http(server.port(), post_request("/generate", R"({"text": "Hi"})"));
+    expect_api_error(gen, 503, "shutting down");
+  }
+  const std::vector<ClientOutcome>& out = clients.join();
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_EQ(out[i].status, 200) << i;
+    EXPECT_TRUE(out[i].done_marker) << i;
+    EXPECT_FALSE(out[i].error) << i << ": " << out[i].body.substr(0, 300);
+    ASSERT_TRUE(out[i].last.is_object()) << i;
+    EXPECT_EQ(out[i].last["meta_info"]["finish_reason"]["type"], "length") << i;
+    EXPECT_EQ(out[i].last["meta_info"]["completion_tokens"], kTokens) << i;
+  }
+  const auto code = server.wait_exit(seconds(30));
+  ASSERT_TRUE(code.has_value()) << server.log();
+  EXPECT_EQ(*code, 0) << server.log();
+  std::cout << "[timing] SIGTERM drain of 32 streams: exit after "
+            << seconds_between(t_term, RecoveryClock::now()) << " s\n";
+  EXPECT_TRUE(all_gone(children, seconds(5))) << "a child outlived the server";
+  EXPECT_FALSE(std::filesystem::exists(runtime_dir));
+  EXPECT_THAT(server.log(), HasSubstr("every response is complete"));
+}
+
+// A second signal during a long drain stops at once: the streams end (error event, [DONE]), the
+// server exits 0 within a few seconds instead of waiting for --shutdown-timeout, nothing is left.
+TEST(Shutdown, SecondSignalStopsAtOnce) {
+  ServerProcess server({"--max-total-tokens", "16384", "--shutdown-timeout", "120"});
+  ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
+  const std::string runtime_dir = server_info(server)["runtime_dir"];
+  const std::vector<pid_t> children = children_of(server.pid());
+  LoadClients clients(server, 32, 0, 480);
+  ASSERT_TRUE(clients.wait_streams_started(seconds(30)));
+  ASSERT_EQ(::kill(server.pid(), SIGTERM), 0);
+  std::this_thread::sleep_for(milliseconds(200));
+  ASSERT_FALSE(server.wait_exit(milliseconds(0))) << "the drain ended before the second signal";
+  const auto t_second = RecoveryClock::now();
+  ASSERT_EQ(::kill(server.pid(), SIGINT), 0);
+  const auto code = server.wait_exit(seconds(10));
+  ASSERT_TRUE(code.has_value()) << server.log();
+  const double stop_s = seconds_between(t_second, RecoveryClock::now());
+  EXPECT_LT(stop_s, 5.0);
+  EXPECT_EQ(*code, 0) << server.log();
+  std::cout << "[timing] second signal: exit after " << stop_s << " s\n";
+  int cut = 0;
+  for (const ClientOutcome& o : clients.join()) {
+    EXPECT_LT(seconds_between(t_second, o.ended), 5.0);
+    cut += o.error || !o.done_marker ? 1 : 0;
+  }
+  EXPECT_GT(cut, 0) << "every stream finished: the drain was not long";
+  EXPECT_TRUE(all_gone(children, seconds(5)));
+  EXPECT_FALSE(std::filesystem::exists(runtime_dir));
+  EXPECT_THAT(server.log(), HasSubstr("stopping now"));
+}
+
+// Node 0 of two: its port opens at once, and until node 1's rank joined /health and every other
+// route answer 503 "starting" with Retry-After. Once both serve, node 1's rank is killed under
+// load: node 0's clients get errors, node 0 publishes a restart that node 1's launcher follows,
+// and the pair serves the reference again; SIGTERM to node 0 then stops both (exit 0).
+TEST(MultiNodeLifecycle, StartingThenRecoveryAcrossNodes) {
+  const int coord_port = free_port();
+  const std::vector<std::string> common = {
+      "--tp-size",          "2",         "--nnodes",           "2",
+      "--node-0-address",   "127.0.0.1", "--coordinator-port", std::to_string(coord_port),
+      "--max-total-tokens", "16384",     "--cluster-secret",   "lifecycle-secret"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), common.begin(), common.end());
+    return extra;
+  };
+  ServerProcess node0(with({"--node-rank", "0"}));
+  std::string health;
+  for (int i = 0; i < 200 && health.find("HTTP/1.1 503") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(milliseconds(20));
+    health = raw_http(node0.port(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  }
+  expect_api_error(health, 503, "the server is starting");
+  EXPECT_THAT(health, HasSubstr("Retry-After: "));
+  expect_api_error(
+      raw_http(node0.port(), "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+      503, "starting");
+  expect_api_error(raw_http(node0.port(), post_request("/generate", R"({"text": "Hi"})")), 503,
+                   "starting");
+
+  ServerProcess node1(with({"--node-rank", "1"}));
+  ASSERT_TRUE(node0.wait_healthy(seconds(60))) << node0.log() << node1.log();
+  ASSERT_TRUE(node1.wait_healthy(seconds(10))) << node1.log();
+  EXPECT_TRUE(probe(node0).reference);
+
+  const std::vector<pid_t> before1 = children_of(node1.pid());
+  ASSERT_EQ(before1.size(), 1u);
+  LoadClients clients(node0, 6, 2, 480);
+  ASSERT_TRUE(clients.wait_streams_started(seconds(30)));
+  const auto t_kill = RecoveryClock::now();
+  ASSERT_EQ(::kill(before1[0], SIGKILL), 0);
+  double errors_within = 0;
+  for (const ClientOutcome& o : clients.join()) {
+    errors_within = std::max(errors_within, seconds_between(t_kill, o.ended));
+    EXPECT_TRUE(o.error) << o.body.substr(0, 300);
+  }
+  EXPECT_LT(errors_within, 10.0);
+  RecoveryWatch watch(node0);
+  watch.join();
+  ASSERT_TRUE(watch.recovered()) << node0.log() << node1.log();
+  const double back_s = seconds_between(t_kill, watch.back());
+  EXPECT_LT(back_s, 30.0);
+  EXPECT_TRUE(watch.saw_503());
+  std::cout << "[timing] 2 nodes TP=2, SIGKILL node 1's rank: clients errored within "
+            << errors_within << " s, back in service after " << back_s << " s\n";
+  const std::vector<pid_t> after1 = children_of(node1.pid());
+  ASSERT_EQ(after1.size(), 1u);
+  EXPECT_NE(after1[0], before1[0]);
+  EXPECT_TRUE(node1.wait_healthy(seconds(10))) << node1.log();
+  const json info = server_info(node0);
+  ASSERT_EQ(info["ranks"].size(), 2u) << info.dump();
+  EXPECT_EQ(info["ranks"][1]["node"], 1);
+  EXPECT_EQ(info["ranks"][1]["pid"].get<int64_t>(), after1[0]);
+  EXPECT_EQ(info["ranks"][1]["state"], "alive");
+  EXPECT_THAT(node1.log(), HasSubstr("node 0 restarts every rank (generation 1)"));
+
+  std::vector<pid_t> all = children_of(node0.pid());
+  all.push_back(after1[0]);
+  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
+  EXPECT_EQ(node0.wait_exit(seconds(20)), 0) << node0.log();
+  EXPECT_EQ(node1.wait_exit(seconds(20)), 0) << node1.log();
+  EXPECT_TRUE(all_gone(all, seconds(5)));
+}
+
+}  // namespace
