@@ -16,7 +16,7 @@
 
 #include <gtest/gtest.h>
 
-#include "../http/server_process.h"
+#include "cluster_util.h"
 #include "dpserve/common/errors.h"
 #include "dpserve/distributed/coordinator_client.h"
 #include "dpserve/distributed/coordinator_protocol.h"
@@ -29,19 +29,6 @@ using json = nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
-
-// Greedy ids of /generate for `text`.
-std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, int n) {
-  httplib::Client c = s.client();
-  const json body = {{"text", text},
-                     {"sampling_params", {{"max_new_tokens", n}, {"temperature", 0}}}};
-  auto r = c.Post("/generate", body.dump(), "application/json");
-  if (!r || r->status != 200) {
-    ADD_FAILURE() << "generate failed: " << (r ? r->body : "no answer") << "\n" << s.log();
-    return {};
-  }
-  return json::parse(r->body)["output_ids"].get<std::vector<int>>();
-}
 
 // The coordinator's endpoint from a node 0 log ("coordinator listening on tcp://...:port").
 std::string coordinator_endpoint(const std::string& log) {

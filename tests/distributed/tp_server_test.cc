@@ -15,7 +15,8 @@
 
 #include <gtest/gtest.h>
 
-#include "../http/server_process.h"
+#include "cluster_util.h"
+#include "netns_cluster.h"
 
 namespace {
 
@@ -24,50 +25,6 @@ using json = nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
-
-// Greedy ids of /generate for `text`.
-std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, int n) {
-  httplib::Client c = s.client();
-  const json body = {{"text", text},
-                     {"sampling_params", {{"max_new_tokens", n}, {"temperature", 0}}}};
-  auto r = c.Post("/generate", body.dump(), "application/json");
-  if (!r || r->status != 200) {
-    ADD_FAILURE() << "generate failed: " << (r ? r->body : "no answer") << "\n" << s.log();
-    return {};
-  }
-  return json::parse(r->body)["output_ids"].get<std::vector<int>>();
-}
-
-// Direct children of `pid` (the scheduler ranks of a server).
-std::vector<pid_t> children_of(pid_t pid) {
-  std::vector<pid_t> out;
-  const auto r = run_command("pgrep -P " + std::to_string(pid));
-  std::istringstream in(r.out);
-  for (pid_t p; in >> p;) out.push_back(p);
-  return out;
-}
-
-// Waits until every pid is gone (reaped by its parent or init); false after `timeout`.
-bool all_gone(const std::vector<pid_t>& pids, milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    bool any = false;
-    for (pid_t p : pids) {
-      // A zombie still answers kill(0); read its state instead.
-      std::ifstream st("/proc/" + std::to_string(p) + "/stat");
-      std::string line;
-      if (st && std::getline(st, line)) {
-        const size_t close = line.rfind(')');
-        if (close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z') {
-          any = true;
-        }
-      }
-    }
-    if (!any) return true;
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(50));
-  }
-}
 
 class TpServe : public ::testing::TestWithParam<int> {};
 
@@ -232,109 +189,12 @@ TEST(MultiNodeFaults, DifferentModelPathIsRefused) {
 // recovery_server_test.cc (clients get errors, the ranks restart, the server serves again).
 
 // Two hosts: network namespaces joined by a veth pair, one `dpserve` in each with --nnodes 2 and
-// --node-0-address <ns0 address>, TP=2 across them, an OpenAI request from inside ns0.
+// --node-0-address <ns0 address>, TP=2 across them, OpenAI requests from inside ns0.
 TEST(MultiNode, TwoNetworkNamespaces) {
-  const std::string script = DPSERVE_SOURCE_DIR "/tests/distributed/netns.sh";
-  if (run_command("bash " + script + " check").exit_code != 0) {
+  if (!namespaces_available()) {
     GTEST_SKIP() << "network namespaces cannot be created here (needs root / CAP_NET_ADMIN)";
   }
-  const std::string name = "dpt" + std::to_string(::getpid() % 100000);
-  const int net = 100 + ::getpid() % 100;
-  const auto up = run_command("bash " + script + " up " + name + " " + std::to_string(net), true);
-  ASSERT_EQ(up.exit_code, 0) << up.out;
-  struct Down {
-    std::string cmd;
-    ~Down() { run_command(cmd); }
-  } down{"bash " + script + " down " + name};
-  const std::string addr0 = "10." + std::to_string(net) + ".0.1";
-
-  // Each node runs under `ip netns exec`; its log goes to a file.
-  auto spawn = [&](int node, const std::string& log) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::setpgid(0, 0);
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      const std::string ns = name + std::to_string(node);
-      const std::string host = node == 0 ? addr0 : "10." + std::to_string(net) + ".0.2";
-      std::vector<std::string> argv = {"/usr/sbin/ip",
-                                       "netns",
-                                       "exec",
-                                       ns,
-                                       DPSERVE_BINARY,
-                                       "serve",
-                                       "--model-path",
-                                       kStories,
-                                       "--host",
-                                       host,
-                                       "--port",
-                                       "30000",
-                                       "--tp-size",
-                                       "2",
-                                       "--nnodes",
-                                       "2",
-                                       "--node-rank",
-                                       std::to_string(node),
-                                       "--node-0-address",
-                                       addr0,
-                                       "--max-total-tokens",
-                                       "4096",
-                                       "--cluster-secret",
-                                       "netns-secret"};
-      std::vector<char*> cargv;
-      for (auto& a : argv) cargv.push_back(a.data());
-      cargv.push_back(nullptr);
-      ::execv(cargv[0], cargv.data());
-      ::_exit(127);
-    }
-    return pid;
-  };
-  const std::string log0 = ::testing::TempDir() + "/" + name + "_node0.log";
-  const std::string log1 = ::testing::TempDir() + "/" + name + "_node1.log";
-  const pid_t n0 = spawn(0, log0);
-  const pid_t n1 = spawn(1, log1);
-  struct Reap {
-    pid_t a, b;
-    ~Reap() {
-      for (pid_t p : {a, b}) {
-        ::kill(-p, SIGKILL);
-        ::waitpid(p, nullptr, 0);
-      }
-    }
-  } reap{n0, n1};
-
-  const std::string curl =
-      "ip netns exec " + name + "0 curl -s --max-time 30 http://" + addr0 + ":30000";
-  bool healthy = false;
-  for (int i = 0; i < 300 && !healthy; ++i) {
-    healthy = run_command(curl + "/health -o /dev/null -w '%{http_code}'").out == "200";
-    if (!healthy) std::this_thread::sleep_for(milliseconds(100));
-  }
-  ASSERT_TRUE(healthy) << read_file(log0) << read_file(log1);
-  const json ref = reference_outputs();
-  const json req = {
-      {"model", kStories}, {"prompt", ref["prompt_text"]}, {"max_tokens", 32}, {"temperature", 0}};
-  const auto r = run_command(curl + "/v1/completions -H 'Content-Type: application/json' -d '" +
-                             req.dump() + "'");
-  const json resp = json::parse(r.out, nullptr, false);
-  ASSERT_TRUE(resp.is_object() && resp.contains("choices")) << r.out << read_file(log0);
-  const std::string full = ref["greedy"]["text"];
-  const std::string prompt = ref["prompt_text"];
-  EXPECT_EQ(resp["choices"][0]["text"].get<std::string>(), full.substr(prompt.size()));
-  EXPECT_NE(read_file(log1).find("rank 1"), std::string::npos);
-
-  ::kill(n0, SIGTERM);
-  int status = 0;
-  ASSERT_EQ(::waitpid(n0, &status, 0), n0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(log0);
-  const auto deadline = Clock::now() + seconds(15);
-  pid_t got = 0;
-  while ((got = ::waitpid(n1, &status, WNOHANG)) == 0 && Clock::now() < deadline) {
-    std::this_thread::sleep_for(milliseconds(50));
-  }
-  ASSERT_EQ(got, n1) << "node 1 did not stop with node 0\n" << read_file(log1);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << read_file(log1);
+  serve_across_two_namespaces({"--tp-size", "2"}, "rank 1");
 }
 
 }  // namespace
