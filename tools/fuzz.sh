@@ -13,12 +13,16 @@
 #               what the run found; fuzz/corpus stays untouched), crashes/<target>/ (crash-*,
 #               leak-*, timeout-*, oom-* inputs), logs/<target>.log
 #   -n          no build (use the fuzzers already in the build directory)
+#   -r RUNS     stop each target after RUNS inputs instead of after SECONDS (SECONDS still caps it)
+#   -s SEED     libFuzzer's random seed (default: chosen by libFuzzer). CI uses -s 1 -r N: bounded
+#               work, close to (not exactly: pointer hashing varies) what a local run sees.
 #   -x ARGS     extra libFuzzer arguments for every target (e.g. -x "-max_len=65536")
 # Environment: NICE (default 10) is the niceness the fuzzers run at; FUZZ_TIMEOUT (default 25)
 # the seconds after which one input counts as a hang; CMAKE_ARGS are added to the configure step.
 #
 # Exits non-zero if any target crashed (the input is under crashes/<target>/), or if the build
-# failed. The last lines print one summary row per target from libFuzzer's final stats.
+# failed; a crash's report (the end of its log) and its input (base64) are printed. The last lines
+# print one summary row per target from libFuzzer's final stats.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,14 +31,18 @@ BUILD_DIR=build-fuzz
 OUT_DIR=""
 BUILD=1
 EXTRA=""
-while getopts "j:b:o:nx:" opt; do
+RUNS=""
+SEED=""
+while getopts "j:b:o:nx:r:s:" opt; do
   case "$opt" in
     j) JOBS="$OPTARG" ;;
     b) BUILD_DIR="$OPTARG" ;;
     o) OUT_DIR="$OPTARG" ;;
     n) BUILD=0 ;;
     x) EXTRA="$OPTARG" ;;
-    *) sed -n '2,21p' "$0"; exit 2 ;;
+    r) RUNS="$OPTARG" ;;
+    s) SEED="$OPTARG" ;;
+    *) sed -n '2,26p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -84,6 +92,8 @@ run_one() {
   local args=(-max_total_time="$SECONDS_EACH" -timeout="$TIMEOUT" -rss_limit_mb=2048
               -print_final_stats=1 -artifact_prefix="$crashes/")
   [ -f "fuzz/dict/$t.dict" ] && args+=(-dict="fuzz/dict/$t.dict")
+  [ -n "$RUNS" ] && args+=(-runs="$RUNS")
+  [ -n "$SEED" ] && args+=(-seed="$SEED")
   local seeds=()
   [ -d "fuzz/corpus/$t" ] && seeds=("fuzz/corpus/$t")
   # shellcheck disable=SC2086
@@ -91,7 +101,19 @@ run_one() {
       >"$log" 2>&1; then
     echo "$t: ok"
   else
-    echo "$t: FAILED (exit $?): see $log and $crashes/"
+    local rc=$?
+    # One block per failure so that a CI log alone is enough to reproduce it.
+    {
+      echo "$t: FAILED (exit $rc): see $log and $crashes/"
+      grep -n -m1 -E "ERROR: |runtime error:|Assertion|terminate called" "$log" || true
+      tail -n 60 "$log"
+      local f
+      for f in "$crashes"/*; do
+        [ -f "$f" ] || continue
+        echo "$t: input $(basename "$f") (base64; decode with base64 -d):"
+        head -c 16384 "$f" | base64
+      done
+    } | sed "s/^/[$t] /"
     return 1
   fi
 }

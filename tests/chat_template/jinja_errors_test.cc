@@ -105,6 +105,49 @@ TEST(JinjaErrors, RenderInputValidation) {
   }
 }
 
+// Found by fuzz/fuzz_jinja (UBSan / ASan): 64-bit integer overflow in arithmetic, unary minus,
+// abs, // and int(); x86's trap on INT64_MIN % -1; `**` looping once per unit of the exponent;
+// range() stepping past INT64_MAX; indent(-1) throwing std::length_error; and `*`, indent and
+// tojson(indent=...) asking for terabytes. Each is now a dpserve::Error or Python's answer.
+TEST(JinjaErrors, IntegerOverflowAndRunawaySizes) {
+  EXPECT_ERROR_HAS("{{ 9223372036854775807 + 1 }}", "line 1", "integer overflow in '+'");
+  EXPECT_ERROR_HAS("{{ -9223372036854775807 - 2 }}", "integer overflow in '-'");
+  EXPECT_ERROR_HAS("{{ 4294967296 * 4294967296 }}", "integer overflow in '*'");
+  EXPECT_ERROR_HAS("{{ 2 ** 63 }}", "integer overflow in '**'");
+  EXPECT_ERROR_HAS("{{ 3 ** 9223372036854775807 }}", "integer overflow in '**'");  // no hang
+  EXPECT_ERROR_HAS("{{ (-9223372036854775807 - 1) // -1 }}", "integer overflow in '//'");
+  EXPECT_ERROR_HAS("{{ -(-9223372036854775807 - 1) }}", "integer overflow in unary -");
+  EXPECT_ERROR_HAS("{{ (-9223372036854775807 - 1) | abs }}", "integer overflow in abs()");
+  EXPECT_ERROR_HAS("{{ '99999999999999999999999' | int }}", "cannot convert");
+  EXPECT_ERROR_HAS("{{ ('1e400' | float) | int }}", "cannot convert");
+  EXPECT_ERROR_HAS("{{ 'ab' * 100000000 }}", "repetition too large");
+  EXPECT_ERROR_HAS("{{ [1, 2] * 9223372036854775807 }}", "repetition too large");
+  EXPECT_ERROR_HAS("{{ 'a\nb' | indent(1000000000000) }}", "indent() result too large");
+  EXPECT_ERROR_HAS("{{ range(300) | list | tojson(indent=4294967297) }}",
+                   "tojson output too large");
+
+  auto render = [](const std::string& src) {
+    return ChatTemplate(src).render(ordered_json::array());
+  };
+  EXPECT_EQ(render("{{ (-9223372036854775807 - 1) % -1 }}"), "0");
+  EXPECT_EQ(render("{{ (-2) ** 63 }} {{ 2 ** 62 }} {{ 1 ** 9223372036854775807 }} {{ 0 ** 0 }}"),
+            "-9223372036854775808 4611686018427387904 1 1");
+  EXPECT_EQ(render("{{ range(9223372036854775800, 9223372036854775807, 3) | list }}"),
+            "[9223372036854775800, 9223372036854775803, 9223372036854775806]");
+  EXPECT_EQ(render("{{ 'a\nb' | indent(-1) }}|{{ 'a\nb' | indent(2) }}"), "a\nb|a\n  b");
+  EXPECT_EQ(render("{{ [1] | tojson(indent=2) }}"), "[\n  1\n]");
+}
+
+// Found by fuzz/fuzz_jinja in CI: an undefined variable passed to range() was taken for "not
+// passed" and read as an integer (std::bad_variant_access, which ends the process).
+TEST(JinjaErrors, RangeOfAnUndefinedVariable) {
+  EXPECT_ERROR_HAS("{{ range(nope) | list }}", "line 1",
+                   "range() arguments must be integers, got undefined");
+  EXPECT_ERROR_HAS("{{ range(1, nope) | list }}", "got undefined");
+  EXPECT_ERROR_HAS("{{ range(0, 4, nope) | list }}", "got undefined");
+  EXPECT_ERROR_HAS("{{ range('3') | list }}", "got str");
+}
+
 class TokenizerConfigTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -34,6 +34,45 @@ inline std::vector<int> greedy_ids(ServerProcess& s, const std::string& text, in
   return nlohmann::json::parse(r->body)["output_ids"].get<std::vector<int>>();
 }
 
+// Two `dpserve serve` nodes on loopback (`--nnodes 2`, node 0's coordinator on 127.0.0.1 at a
+// free port) with `flags` added to both: node 1 starts first (it waits for node 0's coordinator).
+class LoopbackNodes {
+ public:
+  explicit LoopbackNodes(const std::vector<std::string>& flags)
+      : common_(common_flags(flags)), node1(node_flags("1")), node0(node_flags("0")) {}
+
+  // Both nodes answer /health with 200 (node 0 within `timeout`, then node 1 within 10 s).
+  ::testing::AssertionResult wait_healthy(std::chrono::seconds timeout) {
+    if (!node0.wait_healthy(timeout)) {
+      return ::testing::AssertionFailure() << node0.log() << node1.log();
+    }
+    if (!node1.wait_healthy(std::chrono::seconds(10))) {
+      return ::testing::AssertionFailure() << node1.log();
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+ private:
+  static std::vector<std::string> common_flags(const std::vector<std::string>& flags) {
+    std::vector<std::string> a = {"--nnodes",           "2",
+                                  "--node-0-address",   "127.0.0.1",
+                                  "--coordinator-port", std::to_string(free_port())};
+    a.insert(a.end(), flags.begin(), flags.end());
+    return a;
+  }
+  std::vector<std::string> node_flags(const std::string& node) const {
+    std::vector<std::string> a = common_;
+    a.insert(a.end(), {"--node-rank", node});
+    return a;
+  }
+
+  std::vector<std::string> common_;  // initialized first: both nodes' flags come from it
+
+ public:
+  ServerProcess node1;  // the worker node
+  ServerProcess node0;  // the coordinator, the controller and the HTTP front end
+};
+
 // Direct children of `pid` (a server's scheduler ranks and controller).
 inline std::vector<pid_t> children_of(pid_t pid) {
   std::vector<pid_t> out;

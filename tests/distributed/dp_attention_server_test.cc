@@ -193,22 +193,13 @@ TEST(DpAttentionServeMixed, OneGroupPrefillsWhileTheOtherDecodes) {
 class DpTwoNodes : public ::testing::TestWithParam<std::vector<std::string>> {};
 
 TEST_P(DpTwoNodes, GroupsOnBothNodesServeTheReference) {
-  std::vector<std::string> common = {"--nnodes",           "2",
-                                     "--node-0-address",   "127.0.0.1",
-                                     "--coordinator-port", std::to_string(free_port()),
-                                     "--max-total-tokens", "4096",
-                                     "--dp-size",          "2",
-                                     "--cluster-secret",   "dp-two-nodes-test"};
-  common.insert(common.end(), GetParam().begin(), GetParam().end());
-  auto with = [&](const std::string& node) {
-    std::vector<std::string> a = common;
-    a.insert(a.end(), {"--node-rank", node});
-    return a;
-  };
-  ServerProcess node1(with("1"));
-  ServerProcess node0(with("0"));
-  ASSERT_TRUE(node0.wait_healthy(seconds(90))) << node0.log() << node1.log();
-  ASSERT_TRUE(node1.wait_healthy(seconds(10))) << node1.log();
+  std::vector<std::string> flags = {
+      "--max-total-tokens", "4096", "--dp-size", "2", "--cluster-secret", "dp-two-nodes-test"};
+  flags.insert(flags.end(), GetParam().begin(), GetParam().end());
+  LoopbackNodes nodes(flags);
+  ASSERT_TRUE(nodes.wait_healthy(seconds(90)));
+  ServerProcess& node0 = nodes.node0;
+  ServerProcess& node1 = nodes.node1;
   const json ref = reference_outputs();
   const auto want = ref["greedy"]["ids"].get<std::vector<int>>();
   const auto got = concurrent_greedy(node0, ref["prompt_text"], 8);

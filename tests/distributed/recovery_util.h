@@ -245,6 +245,41 @@ class RecoveryWatch {
   std::thread thread_;
 };
 
+// The plain DP failover checks once DP group `group`'s rank was killed at `t_kill`: each of its
+// clients (`lost`, the `streams` streaming ones first) ended with an error within 10 s (streams:
+// 200 and an error event; plain: 503); each client of the surviving group (`kept`) finished with
+// `tokens` tokens of the reference; the requests pinned to `group` (`pinned`, watching since the
+// failure) got 503 "DP group <group> is restarting" with a Retry-After, never a wrong answer, and
+// the reference again within 30 s. Prints the timings as "[timing] <tag>: ...".
+inline void expect_dp_group_failover(const std::vector<ClientOutcome>& lost, size_t streams,
+                                     LoadClients& kept, RecoveryWatch& pinned, int group,
+                                     RecoveryClock::time_point t_kill, int tokens,
+                                     const std::string& tag, const std::string& logs) {
+  double errors_within = 0;
+  for (size_t i = 0; i < lost.size(); ++i) {
+    const double t = seconds_between(t_kill, lost[i].ended);
+    errors_within = std::max(errors_within, t);
+    EXPECT_LT(t, 10.0) << "lost client " << i;
+    EXPECT_TRUE(lost[i].error) << "lost client " << i << ": " << lost[i].body.substr(0, 300);
+    EXPECT_EQ(lost[i].status, i < streams ? 200 : 503) << lost[i].body.substr(0, 300);
+  }
+  const std::vector<ClientOutcome>& done = kept.join();
+  for (size_t i = 0; i < done.size(); ++i) {
+    expect_reference_completion(done[i], tokens, "surviving client " + std::to_string(i));
+  }
+  pinned.join();
+  ASSERT_TRUE(pinned.recovered()) << logs;
+  const double back_s = seconds_between(t_kill, pinned.back());
+  EXPECT_LT(back_s, 30.0);
+  ASSERT_TRUE(pinned.saw_503()) << "no 503 for DP group " << group << " while it restarted";
+  EXPECT_THAT(pinned.first_503().body,
+              ::testing::HasSubstr("DP group " + std::to_string(group) + " is restarting"));
+  EXPECT_FALSE(pinned.first_503().retry_after.empty());
+  EXPECT_TRUE(pinned.wrong_answer().empty()) << pinned.wrong_answer();
+  std::cout << "[timing] " << tag << ": its clients errored within " << errors_within
+            << " s, DP group " << group << " back in service after " << back_s << " s\n";
+}
+
 // The whole-server recovery scenario (one collective group: TP, DP attention): a server started
 // with `flags` serves long greedy generations (8 streams, 4 plain); `sig` (SIGKILL or SIGSTOP)
 // hits scheduler rank `victim`. Every in-flight client must end with an error (streams: an error

@@ -70,7 +70,10 @@ class ThreadGroup : public ProcessGroup {
     wait();
     int64_t offset = 0;
     for (int r = 0; r < size(); ++r) {
-      std::memcpy(out + offset, s_->ptrs[r], static_cast<size_t>(counts[r]) * sizeof(float));
+      // A rank with nothing to send may pass a null `in` (memcpy must not see it, even for 0).
+      if (counts[r] > 0) {
+        std::memcpy(out + offset, s_->ptrs[r], static_cast<size_t>(counts[r]) * sizeof(float));
+      }
       offset += counts[r];
     }
     wait();

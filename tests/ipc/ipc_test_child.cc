@@ -110,7 +110,9 @@ int run(ChildContext& child) {
     wait_forever();
   }
   if (role == "runtime-dir-exit") {
-    auto* dir = new RuntimeDir("dpserve-test");
+    // Never destroyed: the directory must go through the exit hook, not ~RuntimeDir. Held by a
+    // static so that LeakSanitizer sees it reachable at exit.
+    static auto* dir = new RuntimeDir("dpserve-test");
     std::ofstream(dir->path() + "/file") << "x";
     child.signal_ready({{"path", dir->path()}});
     std::exit(0);

@@ -4,6 +4,7 @@
 // controller is told; recovery rejects and fails everything; /health states.
 
 #include <chrono>
+#include <limits>
 #include <optional>
 #include <thread>
 
@@ -175,6 +176,24 @@ TEST(TokenizerManagerFailures, RecoveryRejectsNewRequestsAndFailsTheLiveOnes) {
   h.tm->stop_accepting();
   EXPECT_EQ(h.tm->health().state, "draining");
   EXPECT_THROW(h.generate("late"), ApiError);
+}
+
+// A max_new_tokens near INT64_MAX used to overflow prompt + max_new_tokens (UBSan) and wrap
+// negative, so the request passed the context and KV checks (seen with fuzz/fuzz_request's
+// boundary values in the OpenAI twin of this check, check_prompt_length).
+TEST(TokenizerManagerValidation, HugeMaxNewTokensIsRefusedWithoutOverflow) {
+  Harness h;
+  GenerateReqInput in;
+  in.input_ids = {1, 403, 407};
+  in.sampling_params.max_new_tokens = std::numeric_limits<int64_t>::max() - 1;
+  try {
+    h.tm->generate({std::move(in)});
+    FAIL() << "accepted max_new_tokens = INT64_MAX - 1";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_THAT(e.what(), HasSubstr("a total of 9223372036854775809 tokens"));
+  }
+  EXPECT_FALSE(h.next_sent(milliseconds(300)).has_value());
 }
 
 }  // namespace

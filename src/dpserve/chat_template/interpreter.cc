@@ -388,9 +388,15 @@ class Interpreter {
 
 Value range_fn(Args& a) {
   auto p = bind_args(a, "range", {{"start", Value(), true}, {"stop", Value()}, {"step", Value()}});
-  for (const auto& v : p) {
-    if (!v.is_undefined() && v.kind() != Kind::Int) fail("range() arguments must be integers");
-  }
+  // An undefined variable passed as an argument is refused too (Jinja raises TypeError): below,
+  // undefined means "not passed".
+  auto check = [](const Value& v) {
+    if (v.kind() != Kind::Int) {
+      fail(fmt::format("range() arguments must be integers, got {}", v.type_name()));
+    }
+  };
+  for (const auto& v : a.positional) check(v);
+  for (const auto& kv : a.keywords) check(kv.second);
   int64_t start = 0, stop, step = 1;
   if (p[1].is_undefined()) {
     stop = p[0].as_int();

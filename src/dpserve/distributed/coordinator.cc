@@ -572,4 +572,11 @@ void Coordinator::set(const std::string& key, const std::string& value) {
   wake();  // the service thread sends the answers release_waiters queued
 }
 
+std::optional<std::string> Coordinator::value(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  auto it = state_->kv.find(key);
+  if (it == state_->kv.end()) return std::nullopt;
+  return it->second;
+}
+
 }  // namespace dpserve

@@ -20,6 +20,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -69,6 +70,9 @@ class Coordinator {
   // Sets `key` in the store from this process (what the launcher publishes for the ranks, such
   // as node 0's socket endpoints); parked gets of it are answered.
   void set(const std::string& key, const std::string& value);
+  // The value of `key` in the store, if set (no waiting): what the launcher reads of the keys
+  // other nodes set, such as their ranks' exits and readiness.
+  std::optional<std::string> value(const std::string& key) const;
   // Declares `global_rank` dead now (the launcher saw its process exit, or killed it): barriers it
   // was in fail for the others with `why`, and a new process may register the rank again. No
   // on_rank_dead callback runs. Returns false when the rank is unknown or not alive.

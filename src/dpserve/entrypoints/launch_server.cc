@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -80,10 +81,12 @@ void remember_pids(const std::vector<pid_t>& pids) {
 // A node other than node 0: runs its scheduler ranks and a /health endpoint until node 0 stops
 // the cluster (its ranks exit 0 on the coordinator's shutdown broadcast, and so does this
 // launcher's own coordinator client) or a signal arrives. A local rank that fails is left to
-// node 0, which notices it (its ranks' collectives fail, or the heartbeats stop) and, for TP /
-// DP attention, publishes a restart generation in the coordinator: this node then kills its
-// ranks and starts them again as that generation. Exit status 1 when the cluster stopped after a
-// local failure or node 0's coordinator was lost.
+// node 0: this launcher reports the exit at once (lifecycle_exit_key), node 0 decides and
+// publishes a restart generation listing the ranks that restart (server_supervisor.h): this
+// node then kills those of its ranks (all under TP / DP attention, one DP replica's under plain
+// DP) and starts them again as that generation, and reports each one ready
+// (lifecycle_ready_key). Exit status 1 when the cluster stopped after a local failure or node 0's
+// coordinator was lost.
 int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serve_args) {
   RuntimeDir runtime_dir("dpserve");
   RankLauncher ranks(args, serve_args, runtime_dir.path());
@@ -123,9 +126,23 @@ int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serv
   spdlog::info("node {} of {}: {} scheduler ranks ready; /health on http://{}:{}", args.node_rank,
                args.nnodes, local.size(), args.host, args.port);
 
-  int generation = 0;
+  int generation = 0;  // the last restart generation seen (node 0's counter)
   bool local_failure = false;
-  std::vector<bool> starting;  // per local rank while a restart runs
+  std::vector<bool> starting(local.size(), false);    // per local rank while a restart runs
+  std::vector<int> rank_generation(local.size(), 0);  // per local rank: its incarnation
+  const int world =
+      args.tp_size * (args.dp_size > 1 && !args.enable_dp_attention ? args.dp_size : 1);
+  auto index_of = [&](int r) {
+    return static_cast<size_t>(std::find(local.begin(), local.end(), r) - local.begin());
+  };
+  // Tells node 0 through the coordinator (best effort: a lost coordinator ends this node anyway).
+  auto publish = [&](const std::string& key, const std::string& value) {
+    try {
+      client.set(key, value);
+    } catch (const Error& e) {
+      spdlog::warn("cannot tell node 0 ({}): {}", key, e.what());
+    }
+  };
   int code = -1;
   auto last_check = std::chrono::steady_clock::now();
   while (code < 0) {
@@ -148,6 +165,14 @@ int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serv
       local_failure = true;
       spdlog::error("{} (node {}, pid {}) died ({}); node 0 decides: a restart or a stop", e.name,
                     args.node_rank, e.pid, e.status.describe());
+      const size_t i = index_of(e.rank);
+      if (i < local.size()) {
+        starting[i] = false;
+        publish(lifecycle_exit_key(e.rank, rank_generation[i]),
+                nlohmann::json{
+                    {"node", args.node_rank}, {"pid", e.pid}, {"cause", rank_exit_cause(e.status)}}
+                    .dump());
+      }
       set_health(fmt::format("{} died ({}); waiting for node 0 to restart the ranks", e.name,
                              e.status.describe()));
     }
@@ -162,24 +187,38 @@ int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serv
       code = 1;
       break;
     }
-    // Node 0 asks for a restart by publishing the next generation.
+    // Node 0 publishes every restart generation in turn, with the global ranks that restart.
     if (std::chrono::steady_clock::now() - last_check >= std::chrono::milliseconds(200)) {
       last_check = std::chrono::steady_clock::now();
-      bool restart = false;
-      try {
-        restart = client.check({lifecycle_restart_key(generation + 1)});
-      } catch (const Error& e) {
-        spdlog::warn("cannot ask the coordinator for restarts: {}", e.what());
-      }
-      if (restart) {
+      for (;;) {
+        std::optional<std::vector<int>> listed;
+        try {
+          const std::string key = lifecycle_restart_key(generation + 1);
+          if (client.check({key})) listed = parse_rank_list(client.get(key, Millis(5000)));
+        } catch (const Error& e) {
+          spdlog::warn("cannot ask the coordinator for restarts: {}", e.what());
+        }
+        if (!listed) break;
         ++generation;
-        spdlog::warn("node 0 restarts every rank (generation {}): restarting this node's {} ranks",
-                     generation, local.size());
-        ranks.kill_ranks(local, "node 0 restarts the ranks");
-        ranks.respawn(local, generation);
+        std::vector<int> mine;
+        for (int r : *listed) {
+          if (index_of(r) < local.size()) mine.push_back(r);
+        }
+        if (mine.empty()) continue;  // another node's ranks restart
+        spdlog::warn("node 0 restarts {} (generation {}): restarting this node's ranks {}",
+                     static_cast<int>(listed->size()) == world
+                         ? std::string("every rank")
+                         : fmt::format("ranks {}", format_rank_list(*listed)),
+                     generation, format_rank_list(mine));
+        ranks.kill_ranks(mine, "node 0 restarts the ranks");
+        ranks.respawn(mine, generation);
         remember_pids(ranks.pids());
-        starting.assign(local.size(), true);
-        set_health(fmt::format("restarting the scheduler ranks (generation {})", generation));
+        for (int r : mine) {
+          starting[index_of(r)] = true;
+          rank_generation[index_of(r)] = generation;
+        }
+        set_health(fmt::format("restarting scheduler ranks {} (generation {})",
+                               format_rank_list(mine), generation));
       }
     }
     // Readiness of a restart (the ranks are ready once every rank of every node joined).
@@ -191,11 +230,17 @@ int run_worker_node(const ServerArgs& args, const std::vector<std::string>& serv
       try {
         c.wait_ready(std::chrono::seconds(5));
         starting[i] = false;
+        publish(lifecycle_ready_key(local[i], rank_generation[i]), std::to_string(c.pid()));
       } catch (const Error& e) {
         starting[i] = false;
         local_failure = true;
         spdlog::error("{}; waiting for node 0 to restart the ranks", e.what());
         set_health(e.what());
+        publish(lifecycle_exit_key(local[i], rank_generation[i]),
+                nlohmann::json{{"node", args.node_rank},
+                               {"pid", c.pid()},
+                               {"cause", fmt::format("failed to start: {}", e.what())}}
+                    .dump());
       }
       if (std::none_of(starting.begin(), starting.end(), [](bool b) { return b; }) &&
           std::all_of(local.begin(), local.end(),

@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstring>
+#include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
@@ -28,18 +31,6 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// How a rank process ended, as a predicate ("died (killed by signal 9 (Killed))"), with what the
-// exit codes dpserve itself uses mean.
-std::string exit_cause(const ExitStatus& st) {
-  if (st.signal != 0) return fmt::format("died ({})", st.describe());
-  if (st.code == 3) {
-    return "exited with status 3: its watchdog found a step hung for longer than "
-           "--watchdog-timeout";
-  }
-  if (st.code == 1) return "exited with status 1 (an error, or a peer rank's failure)";
-  return fmt::format("exited unexpectedly ({})", st.describe());
-}
-
 }  // namespace
 
 ServerSupervisor::ServerSupervisor(const ServerArgs& args, RankLauncher& launcher,
@@ -51,12 +42,14 @@ ServerSupervisor::ServerSupervisor(const ServerArgs& args, RankLauncher& launche
   const std::vector<int> local = launcher_.local_ranks();
   const auto now = Clock::now();
   if (plain_dp_) {
+    // One unit per replica, also for those on other nodes: their launchers restart the ranks
+    // named in the generation node 0 publishes (lifecycle_restart_key).
     for (int32_t k = 0; k < args.dp_size; ++k) {
       Unit u;
-      for (int r : local) {
-        if (r / args.tp_size == k) u.ranks.push_back(r);
+      for (int r = k * args.tp_size; r < (k + 1) * args.tp_size; ++r) {
+        const bool here = std::find(local.begin(), local.end(), r) != local.end();
+        (here ? u.ranks : u.remote_ranks).push_back(r);
       }
-      if (u.ranks.empty()) continue;  // a replica on another node
       u.dp_groups = {k};
       u.description = fmt::format("DP group {}", k);
       units_.push_back(std::move(u));
@@ -82,6 +75,39 @@ ServerSupervisor::ServerSupervisor(const ServerArgs& args, RankLauncher& launche
 
 std::string lifecycle_restart_key(int generation) {
   return fmt::format("lifecycle/restart/g{}", generation);
+}
+
+std::string lifecycle_exit_key(int rank, int generation) {
+  return fmt::format("lifecycle/exit/r{}/g{}", rank, generation);
+}
+
+std::string lifecycle_ready_key(int rank, int generation) {
+  return fmt::format("lifecycle/ready/r{}/g{}", rank, generation);
+}
+
+std::string format_rank_list(const std::vector<int>& ranks) {
+  return fmt::format("{}", fmt::join(ranks, " "));
+}
+
+std::vector<int> parse_rank_list(const std::string& text) {
+  std::vector<int> out;
+  std::istringstream in(text);
+  for (std::string word; in >> word;) {
+    int r = 0;
+    auto [end, ec] = std::from_chars(word.data(), word.data() + word.size(), r);
+    if (ec == std::errc() && end == word.data() + word.size()) out.push_back(r);
+  }
+  return out;
+}
+
+std::string rank_exit_cause(const ExitStatus& st) {
+  if (st.signal != 0) return fmt::format("died ({})", st.describe());
+  if (st.code == 3) {
+    return "exited with status 3: its watchdog found a step hung for longer than "
+           "--watchdog-timeout";
+  }
+  if (st.code == 1) return "exited with status 1 (an error, or a peer rank's failure)";
+  return fmt::format("exited unexpectedly ({})", st.describe());
 }
 
 int ServerSupervisor::unit_of(int rank) const {
@@ -143,6 +169,7 @@ int ServerSupervisor::run() {
     if (forced_) return 0;
     handle_dead_ranks();
     handle_exits();
+    for (size_t u = 0; u < units_.size(); ++u) poll_remote(static_cast<int>(u));
     std::vector<std::vector<int>> readable(units_.size());
     for (const auto& [idx, rank] : ready_at) {
       if ((fds[static_cast<size_t>(idx)].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
@@ -216,14 +243,7 @@ void ServerSupervisor::handle_dead_ranks() {
         fmt::format("missed heartbeats for {:.1f} s (hung or stopped; --heartbeat-timeout {})",
                     st.last_heartbeat_age_s, args_.heartbeat_timeout);
     const int u = unit_of(r);
-    if (u < 0) {
-      // A plain DP replica on another node: its recovery is not supported.
-      fatal(
-          fmt::format("{} (host {}, pid {}) {}; a DP replica on another node failed: the server "
-                      "exits",
-                      rank_label(r, st.info.node_rank), st.info.host, st.info.pid, cause));
-      continue;
-    }
+    if (u < 0) continue;
     if (st.info.node_rank != args_.node_rank) {
       // Its own launcher kills it when node 0 publishes the restart.
       on_failure(u, r, st.info.node_rank, st.info.pid, cause);
@@ -250,7 +270,7 @@ void ServerSupervisor::handle_exits() {
     }
     const int u = unit_of(e.rank);
     if (u < 0) continue;
-    on_failure(u, e.rank, args_.node_rank, e.pid, exit_cause(e.status));
+    on_failure(u, e.rank, args_.node_rank, e.pid, rank_exit_cause(e.status));
   }
 }
 
@@ -276,15 +296,9 @@ void ServerSupervisor::on_failure(int unit, int rank, int node, int64_t pid,
   // What the unit's clients are told, and when to come back.
   std::string action;
   int retry_after = 0;
-  const bool can_restart = !draining_ && (args_.nnodes == 1 || !plain_dp_) &&
-                           args_.max_restarts > 0 && u.restarts < args_.max_restarts;
+  const bool can_restart = !draining_ && args_.max_restarts > 0 && u.restarts < args_.max_restarts;
   if (!can_restart && !draining_) {
-    if (args_.nnodes > 1 && plain_dp_) {
-      fatal(
-          fmt::format("{}; recovery of DP replicas over several nodes is not supported: the "
-                      "server exits",
-                      what));
-    } else if (args_.max_restarts == 0) {
+    if (args_.max_restarts == 0) {
       fatal(fmt::format("{}; --max-restarts is 0: the server exits", what));
     } else {
       fatal(
@@ -326,12 +340,19 @@ void ServerSupervisor::on_failure(int unit, int rank, int node, int64_t pid,
 void ServerSupervisor::start_unit(int unit) {
   Unit& u = units_[static_cast<size_t>(unit)];
   ++generation_;
+  u.generation = generation_;
   try {
-    if (!u.remote_ranks.empty()) {
-      // The other nodes' launchers watch this key: they kill their ranks and start this
-      // generation.
-      launcher_.coordinator()->set(lifecycle_restart_key(generation_), std::to_string(generation_));
-      spdlog::info("asked the other nodes to restart their ranks (generation {})", generation_);
+    if (args_.nnodes > 1) {
+      // Every generation, so that the other nodes' launchers (which poll for the next one) never
+      // miss one; each kills and starts again those of its ranks the value lists.
+      std::vector<int> all = u.ranks;
+      all.insert(all.end(), u.remote_ranks.begin(), u.remote_ranks.end());
+      std::sort(all.begin(), all.end());
+      launcher_.coordinator()->set(lifecycle_restart_key(generation_), format_rank_list(all));
+      if (!u.remote_ranks.empty()) {
+        spdlog::info("asked the other nodes to restart ranks {} (generation {})",
+                     format_rank_list(u.remote_ranks), generation_);
+      }
     }
     launcher_.respawn(u.ranks, generation_);
   } catch (const Error& e) {
@@ -339,6 +360,7 @@ void ServerSupervisor::start_unit(int unit) {
     return;
   }
   u.ready.assign(u.ranks.size(), false);
+  u.remote_ready.assign(u.remote_ranks.size(), false);
   set_unit_state(unit, UnitState::kStarting);
   std::lock_guard<std::mutex> lock(mu_);
   const std::vector<int> local = launcher_.local_ranks();
@@ -360,7 +382,41 @@ void ServerSupervisor::poll_ready(int unit, const std::vector<int>& readable_ran
         static_cast<size_t>(std::find(u.ranks.begin(), u.ranks.end(), r) - u.ranks.begin());
     u.ready[i] = true;
   }
-  if (std::all_of(u.ready.begin(), u.ready.end(), [](bool b) { return b; })) on_unit_ready(unit);
+  check_ready(unit);
+}
+
+void ServerSupervisor::check_ready(int unit) {
+  const Unit& u = units_[static_cast<size_t>(unit)];
+  const auto all = [](const std::vector<bool>& v) {
+    return std::all_of(v.begin(), v.end(), [](bool b) { return b; });
+  };
+  if (u.state == UnitState::kStarting && all(u.ready) && all(u.remote_ready)) on_unit_ready(unit);
+}
+
+void ServerSupervisor::poll_remote(int unit) {
+  Unit& u = units_[static_cast<size_t>(unit)];
+  Coordinator* coord = launcher_.coordinator();
+  if (u.remote_ranks.empty() || coord == nullptr) return;
+  if (u.state != UnitState::kServing && u.state != UnitState::kStarting) return;
+  // An exit of the current generation (a key of an older one is about a process already
+  // replaced).
+  for (int r : u.remote_ranks) {
+    const std::optional<std::string> exit = coord->value(lifecycle_exit_key(r, u.generation));
+    if (!exit) continue;
+    const nlohmann::json j = nlohmann::json::parse(*exit, nullptr, false);
+    const bool ok = j.is_object();
+    on_failure(unit, r, ok ? j.value("node", -1) : -1, ok ? j.value("pid", int64_t{0}) : 0,
+               ok ? j.value("cause", std::string("exited")) : std::string("exited"));
+    return;
+  }
+  if (u.state != UnitState::kStarting) return;
+  for (size_t i = 0; i < u.remote_ranks.size(); ++i) {
+    if (!u.remote_ready[i]) {
+      u.remote_ready[i] =
+          coord->value(lifecycle_ready_key(u.remote_ranks[i], u.generation)).has_value();
+    }
+  }
+  check_ready(unit);
 }
 
 void ServerSupervisor::on_unit_ready(int unit) {
@@ -371,7 +427,7 @@ void ServerSupervisor::on_unit_ready(int unit) {
   for (int32_t g : u.dp_groups) tm_.set_dp_group_up(g);
   if (u.whole_server || was_all_down) tm_.set_recovering(std::nullopt);
   spdlog::info("{} back in service {:.1f} s after the failure (generation {}, restart {} of {})",
-               u.description, seconds_since(u.failed_at), generation_, u.restarts,
+               u.description, seconds_since(u.failed_at), u.generation, u.restarts,
                args_.max_restarts);
 }
 
@@ -401,13 +457,14 @@ void ServerSupervisor::add_server_info(nlohmann::json& info) const {
     int64_t pid = cs != coord.end() ? cs->info.pid : 0;
     std::string st = cs != coord.end() ? std::string(liveness_name(cs->state)) : "unknown";
     j["node"] = cs != coord.end() ? cs->info.node_rank : args_.node_rank;
-    if (li != local.end()) {
-      const size_t i = static_cast<size_t>(li - local.begin());
-      pid = pids_[i];
-      const int u = unit_of(r);
+    const int u = unit_of(r);
+    if (li != local.end()) pid = pids_[static_cast<size_t>(li - local.begin())];
+    if (u >= 0) {
       const UnitState us = unit_states_[static_cast<size_t>(u)];
       if (us == UnitState::kBackoff) st = "restarting";
-      if (us == UnitState::kStarting && (cs == coord.end() || cs->info.pid != pid)) {
+      // A remote rank's new pid is unknown here until it registers: starting until ready.
+      if (us == UnitState::kStarting &&
+          (li == local.end() || cs == coord.end() || cs->info.pid != pid)) {
         st = "starting";
       }
       if (us == UnitState::kDown) st = "dead";

@@ -3,14 +3,18 @@
 // recovers from their failures without a restart of the server, and drains on SIGTERM / SIGINT.
 //
 // Failure units: under plain DP (--dp-size N without DP attention) each DP replica (its --tp-size
-// ranks) fails and restarts alone while the others serve; otherwise (one rank, TP, DP attention)
-// every rank computes in one collective group, so the unit is all of them.
+// ranks) fails and restarts alone while the others serve, on whichever nodes its ranks run;
+// otherwise (one rank, TP, DP attention) every rank computes in one collective group, so the unit
+// is all of them.
 //
 // Detection, all within about --heartbeat-timeout:
 //   - a rank process that exits (crash, kill -9, the scheduler's watchdog on a stuck step, a
-//     broken collective): its pidfd polls readable at once;
+//     broken collective): on node 0 its pidfd polls readable at once; on another node its
+//     launcher sets lifecycle_exit_key(rank, generation) in the coordinator at once, which node 0
+//     polls every 100 ms;
 //   - a rank that hangs as a whole (SIGSTOP, a frozen machine): the coordinator misses its
-//     heartbeats for --heartbeat-timeout and reports it dead; the supervisor SIGKILLs it.
+//     heartbeats for --heartbeat-timeout and reports it dead; the supervisor SIGKILLs it (a rank
+//     on another node: its launcher kills it when the restart comes).
 // Propagation: one log line names the rank, its node, pid and the cause. The unit's other ranks
 // are SIGKILLed (their collectives would fail anyway) and declared dead in the coordinator. The
 // TokenizerManager fails the unit's in-flight requests with 503 (streams: an error event, then
@@ -19,12 +23,15 @@
 // otherwise every request, and new ones get 503 + Retry-After ("recovering") until the restart.
 // Recovery: after a back-off of 1, 2, 4 ... s (at most 30 s) the unit's ranks start again as a
 // new generation (fresh rendezvous keys and barrier names; the coordinator takes the
-// re-registration of ranks whose previous process is dead); once all report ready the unit is
-// back in service. --max-restarts failures in a row (the count resets after 60 s of service)
-// end the server with exit status 1 and a message naming the rank and the cause. With ranks on
-// several nodes (TP / DP attention) node 0 publishes each restart's generation in the
-// coordinator; the other nodes' launchers then restart their ranks. Plain DP replicas over
-// several nodes, --max-restarts 0 and a dead controller are fail-stop (exit 1).
+// re-registration of ranks whose previous process is dead); once all report ready (node 0's over
+// their pipes, the other nodes' through lifecycle_ready_key) the unit is back in service: under
+// plain DP the controller routes to the group again (its restarted leader connects to the
+// controller's sockets anew: over several nodes the tcp endpoints the coordinator still holds).
+// --max-restarts failures in a row (the count resets after 60 s of service) end the server with
+// exit status 1 and a message naming the rank and the cause. With several nodes node 0 publishes
+// every restart generation in the coordinator with the global ranks that restart; each other
+// node's launcher restarts those of its ranks (all of them under TP / DP attention, one replica's
+// under plain DP). --max-restarts 0 and a dead controller are fail-stop (exit 1).
 // Shutdown: the first SIGTERM / SIGINT drains: new requests get 503, /health says "draining",
 // in-flight requests finish normally for up to --shutdown-timeout, then the rest are aborted. A
 // second signal stops at once.
@@ -44,9 +51,24 @@
 
 namespace dpserve {
 
-// The coordinator key node 0 sets when the ranks of every node must restart as `generation`;
-// the other nodes' launchers poll for the next one.
+// The lifecycle protocol between node 0's supervisor and the other nodes' launchers, through the
+// coordinator's store. Generations count node 0's restarts (1, 2, ...) over the whole server.
+//   - lifecycle_restart_key(g): node 0 sets it for every generation g (with --nnodes > 1); its
+//     value lists the global ranks that restart as g (format_rank_list). A launcher polls for
+//     g = its last seen + 1, restarts those of its ranks that are listed (none: it only moves on).
+//   - lifecycle_exit_key(rank, g): a launcher sets it when its rank of generation g exited
+//     unexpectedly; the value is {"node", "pid", "cause"} as JSON.
+//   - lifecycle_ready_key(rank, g): a launcher sets it when its rank restarted as g is ready; the
+//     value is the pid.
 std::string lifecycle_restart_key(int generation);
+std::string lifecycle_exit_key(int rank, int generation);
+std::string lifecycle_ready_key(int rank, int generation);
+// "2 3" for {2, 3}; parse_rank_list reads it back (ignoring anything that is not a number).
+std::string format_rank_list(const std::vector<int>& ranks);
+std::vector<int> parse_rank_list(const std::string& text);
+// How a rank process ended, as a predicate: "died (killed by signal 9 (Killed))", with what the
+// exit codes dpserve itself uses mean.
+std::string rank_exit_cause(const ExitStatus& status);
 
 class ServerSupervisor {
  public:
@@ -71,16 +93,18 @@ class ServerSupervisor {
   // The ranks that fail and restart together.
   struct Unit {
     std::vector<int> ranks;          // global ranks on this node
-    std::vector<int> remote_ranks;   // global ranks on other nodes (TP / DP attention)
+    std::vector<int> remote_ranks;   // global ranks on other nodes
     std::vector<int32_t> dp_groups;  // DP groups it serves (plain DP: one; DP attention: all)
     bool whole_server = false;       // no other unit serves while it is down
     UnitState state = UnitState::kServing;
-    int restarts = 0;              // restarts in a row
-    Clock::time_point up_since;    // serving since
-    Clock::time_point failed_at;   // the current failure's detection
-    Clock::time_point restart_at;  // kBackoff: when its ranks start again
-    std::vector<bool> ready;       // kStarting: per rank of `ranks`
-    std::string description;       // "DP group 1" or "the scheduler ranks"
+    int restarts = 0;                // restarts in a row
+    Clock::time_point up_since;      // serving since
+    Clock::time_point failed_at;     // the current failure's detection
+    Clock::time_point restart_at;    // kBackoff: when its ranks start again
+    int generation = 0;              // the generation its ranks run (or start) as
+    std::vector<bool> ready;         // kStarting: per rank of `ranks`
+    std::vector<bool> remote_ready;  // kStarting: per rank of `remote_ranks`
+    std::string description;         // "DP group 1" or "the scheduler ranks"
   };
 
   int unit_of(int rank) const;
@@ -91,6 +115,9 @@ class ServerSupervisor {
   void fatal(const std::string& message);
   void start_unit(int unit);
   void poll_ready(int unit, const std::vector<int>& readable_ranks);
+  // Remote ranks: their exits and readiness, from the keys their launchers set.
+  void poll_remote(int unit);
+  void check_ready(int unit);
   void on_unit_ready(int unit);
   void set_unit_state(int unit, UnitState state);
   bool all_units_down() const;
