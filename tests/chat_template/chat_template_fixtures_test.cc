@@ -119,6 +119,27 @@ TEST(ChatTemplateFixtures, ParseOnceRenderMany) {
   }
 }
 
+// The render budget (kMaxRenderWork) is far above what the real templates spend: a conversation
+// of 4000 messages of 2 KB each (8 MB of prompt, beyond any context) renders in full.
+TEST(ChatTemplateFixtures, RealTemplatesRenderHugeConversationsWithinTheBudget) {
+  for (const char* model : {"qwen3", "llama3"}) {
+    const std::string config =
+        std::string(DPSERVE_SHARED_DIR) + "/tokenizers/" + model + "/tokenizer_config.json";
+    if (!std::filesystem::exists(config)) GTEST_SKIP() << "no " << config;
+    const ChatTemplate tmpl = ChatTemplate::from_tokenizer_config(config);
+    ordered_json msgs = ordered_json::array();
+    const std::string body(2048, 'w');
+    for (int i = 0; i < 4000; ++i) {
+      msgs.push_back(
+          {{"role", i % 2 == 0 ? "user" : "assistant"}, {"content", std::to_string(i) + body}});
+    }
+    std::string out;
+    ASSERT_NO_THROW(out = tmpl.render(msgs)) << model;
+    EXPECT_GT(out.size(), 4000u * 2048u) << model;
+    EXPECT_NE(out.find("3999" + body), std::string::npos) << model;
+  }
+}
+
 // @huggingface/jinja's str.strip(chars) ignores `chars`; transformers (Python) strips only them.
 // Qwen3 strips reasoning with .strip('\n'), so indentation inside the reasoning must survive.
 TEST(ChatTemplateFixtures, Qwen3StripKeepsSpacesLikePython) {

@@ -148,6 +148,31 @@ TEST(JinjaErrors, RangeOfAnUndefinedVariable) {
   EXPECT_ERROR_HAS("{{ range('3') | list }}", "got str");
 }
 
+// Found by fuzz/fuzz_jinja (a 25 s timeout): joining a string with a long separator multiplies
+// its length, and `sort` then sorted 21 million characters. Runaway templates now end with an
+// error: strings and output above 16 MiB, and more than kMaxRenderWork steps per render.
+TEST(JinjaErrors, RunawayTemplatesRunOutOfBudget) {
+  const std::string sep(300, 'x');
+  EXPECT_ERROR_HAS("{{ 'abcdefghijklmnopqrst' | join('" + sep + "') | join('" + sep +
+                       "') | join('" + sep + "') | sort | first }}",
+                   "line 1");
+  EXPECT_ERROR_HAS(
+      "{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
+      "{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+      "string too large");
+  EXPECT_ERROR_HAS(
+      "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+      "{% endfor %}",
+      "the template does too much work");
+  EXPECT_ERROR_HAS("{% for i in range(1000000) %}{% set x = 'x' * 1000 %}{% endfor %}",
+                   "the template does too much work");
+  EXPECT_ERROR_HAS("{% for i in range(100) %}{{ 'x' * 16000000 }}{% endfor %}",
+                   "template output too large");
+  // The budget is per render: the next render of the same template starts afresh.
+  const ChatTemplate t("{% for i in range(100000) %}{% endfor %}ok");
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(t.render(ordered_json::array()), "ok");
+}
+
 class TokenizerConfigTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -42,6 +43,16 @@ TEST(DpAttentionFaults, RankKilledDuringRequestsRecovers) {
 TEST(TpFaults, StoppedRankIsDetectedByHeartbeatsAndReplaced) {
   expect_recovery_after_signal({"--tp-size", "2", "--heartbeat-timeout", "2"}, 1, SIGSTOP, 10.0,
                                "TP=2 SIGSTOP rank 1 (heartbeat timeout 2 s)");
+}
+
+// A step hung inside a collective: rank 1 is stopped (SIGSTOP) and its heartbeats would only be
+// missed after 30 s, so rank 0, blocked in the all-reduce, is ended by its own watchdog
+// (--watchdog-timeout 2: exit status 3) before Gloo's timeout; the server recovers from that.
+TEST(TpFaults, HungCollectiveIsEndedByTheWatchdog) {
+  expect_recovery_after_signal(
+      {"--tp-size", "2", "--heartbeat-timeout", "30", "--watchdog-timeout", "2"}, 1, SIGSTOP, 10.0,
+      "TP=2 SIGSTOP rank 1, rank 0's watchdog (--watchdog-timeout 2)", 0,
+      " exited with status 3: its watchdog found a step hung for longer than --watchdog-timeout");
 }
 
 // Plain DP: group 1's rank killed while both groups stream. Group 0's in-flight requests finish
@@ -350,5 +361,237 @@ TEST(MultiNodeLifecycle, PlainDpReplicaOnNode1Recovers) {
   EXPECT_EQ(node1.wait_exit(seconds(20)), 0) << node1.log();
   EXPECT_TRUE(all_gone(all, seconds(5)));
 }
+
+// The data parallel controller among `server`'s children (its role flag), or 0.
+pid_t controller_of(const ServerProcess& server) {
+  const std::map<int, pid_t> ranks = scheduler_ranks(server);
+  for (pid_t p : children_of(server.pid())) {
+    const bool rank =
+        std::any_of(ranks.begin(), ranks.end(), [p](const auto& r) { return r.second == p; });
+    const std::string cmd = read_file("/proc/" + std::to_string(p) + "/cmdline");
+    if (!rank && cmd.find("--dpserve-internal-role=dp_controller") != std::string::npos) return p;
+  }
+  return 0;
+}
+
+struct ControllerCase {
+  std::string name;
+  std::vector<std::string> flags;
+  size_t ranks = 2;
+};
+void PrintTo(const ControllerCase& c, std::ostream* os) { *os << c.name; }
+
+// Polls /health from `t_kill` until it answers 503 (at most 5 s): the seconds that took (-1 if
+// never), its body and Retry-After.
+struct Detection {
+  double seconds = -1;
+  std::string body;
+  std::string retry_after;
+};
+Detection wait_recovering(const ServerProcess& server, RecoveryClock::time_point t_kill) {
+  httplib::Client c = server.client();
+  Detection d;
+  while (RecoveryClock::now() - t_kill < seconds(5)) {
+    auto h = c.Get("/health");
+    if (h && h->status == 503) {
+      d.seconds = seconds_between(t_kill, RecoveryClock::now());
+      d.body = h->body;
+      d.retry_after = h->get_header_value("Retry-After");
+      return d;
+    }
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  return d;
+}
+
+// While the controller restarts: new requests get 503 + Retry-After naming it, /health says
+// "recovering" (checked by `d`), then the reference answer comes back within 30 s of `t_kill`;
+// returns when (seconds after `t_kill`).
+double expect_controller_recovery(const ServerProcess& server, const Detection& d,
+                                  RecoveryWatch& watch, RecoveryClock::time_point t_kill) {
+  EXPECT_GE(d.seconds, 0) << "/health never said 503 after the controller died\n" << server.log();
+  EXPECT_THAT(d.body, HasSubstr("the server is recovering"));
+  EXPECT_THAT(d.body, HasSubstr("the data parallel controller is restarting"));
+  EXPECT_FALSE(d.retry_after.empty());
+  watch.join();
+  EXPECT_TRUE(watch.recovered()) << server.log();
+  const double back_s = seconds_between(t_kill, watch.back());
+  EXPECT_LT(back_s, 30.0);
+  EXPECT_TRUE(watch.saw_503()) << "no 503 while the controller restarted";
+  EXPECT_THAT(watch.first_503().body, HasSubstr("the data parallel controller is restarting"));
+  EXPECT_GE(std::atoi(watch.first_503().retry_after.c_str()), 1) << watch.first_503().body;
+  EXPECT_TRUE(watch.wrong_answer().empty()) << watch.wrong_answer();
+  // Both groups serve through the new controller.
+  for (int g = 0; g < 2; ++g) {
+    const Probe p = probe(server, {{"data_parallel_rank", g}});
+    EXPECT_EQ(p.status, 200) << "DP group " << g << ": " << p.body;
+    EXPECT_TRUE(p.reference) << "DP group " << g << ": " << p.body;
+  }
+  return back_s;
+}
+
+class ControllerFaults : public ::testing::TestWithParam<ControllerCase> {};
+
+// The data parallel controller killed (SIGKILL) while both DP groups stream 480-token greedy
+// generations: the requests it had dispatched run on in their groups and finish with the
+// reference output; the server says "recovering" (503 + Retry-After) while a new controller
+// starts on the same endpoints, then serves the reference again through both groups within 30 s.
+// Then the new controller is stopped (SIGSTOP) while requests arrive and killed: those it never
+// dispatched fail with 503 + Retry-After (streams: an error event, then [DONE]), and it restarts
+// again (restart 2). The scheduler ranks are the same processes throughout; SIGTERM still drains
+// and leaves nothing behind.
+TEST_P(ControllerFaults, KilledControllerRecovers) {
+  std::vector<std::string> args = GetParam().flags;
+  args.insert(args.end(), {"--max-total-tokens", "16384"});
+  ServerProcess server(args);
+  ASSERT_TRUE(server.wait_healthy(seconds(60))) << server.log();
+  const std::map<int, pid_t> before = scheduler_ranks(server);
+  ASSERT_EQ(before.size(), GetParam().ranks);
+  const pid_t controller = controller_of(server);
+  ASSERT_GT(controller, 0) << "no controller among the server's children";
+
+  // 1. Killed under load.
+  constexpr int kTokens = 480;
+  LoadClients group0(server, 4, 1, kTokens, {{"data_parallel_rank", 0}});
+  LoadClients group1(server, 4, 1, kTokens, {{"data_parallel_rank", 1}});
+  ASSERT_TRUE(group0.wait_streams_started(seconds(30))) << server.log();
+  ASSERT_TRUE(group1.wait_streams_started(seconds(30))) << server.log();
+  const auto t_kill = RecoveryClock::now();
+  ASSERT_EQ(::kill(controller, SIGKILL), 0);
+  const Detection detected = wait_recovering(server, t_kill);
+  RecoveryWatch watch(server);  // unpinned: 503 + Retry-After until the new controller serves
+  // The dispatched requests never needed the controller again: they finish normally.
+  const std::vector<ClientOutcome>& d0 = group0.join();
+  const std::vector<ClientOutcome>& d1 = group1.join();
+  double finished_s = 0;
+  for (size_t i = 0; i < d0.size(); ++i) {
+    expect_reference_completion(d0[i], kTokens, "group 0 client " + std::to_string(i));
+    finished_s = std::max(finished_s, seconds_between(t_kill, d0[i].ended));
+  }
+  for (size_t i = 0; i < d1.size(); ++i) {
+    expect_reference_completion(d1[i], kTokens, "group 1 client " + std::to_string(i));
+    finished_s = std::max(finished_s, seconds_between(t_kill, d1[i].ended));
+  }
+  EXPECT_GT(finished_s, detected.seconds) << "the requests did not run across the failure";
+  const double back_s = expect_controller_recovery(server, detected, watch, t_kill);
+  std::cout << "[timing] " << GetParam().name << " SIGKILL the controller: /health 503 after "
+            << detected.seconds << " s, the dispatched requests finished after " << finished_s
+            << " s, back in service after " << back_s << " s\n";
+  EXPECT_TRUE(all_gone({controller}, seconds(5)));
+  const pid_t controller2 = controller_of(server);
+  ASSERT_GT(controller2, 0);
+  EXPECT_NE(controller2, controller);
+  EXPECT_EQ(scheduler_ranks(server), before) << "the ranks were restarted";
+  json info = server_info(server);
+  EXPECT_EQ(info["server_state"], "serving") << info.dump();
+  EXPECT_EQ(info["data_parallel_controller"]["pid"], controller2) << info.dump();
+  EXPECT_EQ(info["data_parallel_controller"]["state"], "alive") << info.dump();
+  EXPECT_EQ(info["data_parallel_controller"]["restarts"], 1) << info.dump();
+  for (const json& r : info["ranks"]) EXPECT_EQ(r["restarts"], 0) << r.dump();
+  EXPECT_THAT(server.log(),
+              HasSubstr("the data parallel controller (node 0, pid " + std::to_string(controller) +
+                        ") died (killed by signal 9 (Killed)); restarting it in 1 s (restart 1"));
+
+  // 2. Requests it never dispatched: lost in its queues, they fail instead of hanging.
+  ASSERT_EQ(::kill(controller2, SIGSTOP), 0);
+  LoadClients lost(server, 2, 2, 32);
+  std::this_thread::sleep_for(milliseconds(300));
+  const auto t_kill2 = RecoveryClock::now();
+  ASSERT_EQ(::kill(controller2, SIGKILL), 0);
+  const Detection detected2 = wait_recovering(server, t_kill2);
+  RecoveryWatch watch2(server);
+  const std::vector<ClientOutcome>& never = lost.join();
+  double lost_s = 0;
+  for (size_t i = 0; i < never.size(); ++i) {
+    const ClientOutcome& o = never[i];
+    lost_s = std::max(lost_s, seconds_between(t_kill2, o.ended));
+    EXPECT_LT(seconds_between(t_kill2, o.ended), 10.0) << "undispatched client " << i;
+    EXPECT_TRUE(o.error) << "undispatched client " << i << ": " << o.body.substr(0, 300);
+    EXPECT_THAT(o.body, HasSubstr("the data parallel controller is restarting"));
+    if (i < 2) {
+      EXPECT_EQ(o.status, 200) << o.body;
+      EXPECT_TRUE(o.done_marker) << "stream " << i << " did not end with [DONE]";
+    } else {
+      EXPECT_EQ(o.status, 503) << o.body;
+      EXPECT_GE(std::atoi(o.retry_after.c_str()), 1) << "503 without Retry-After";
+    }
+  }
+  const double back2_s = expect_controller_recovery(server, detected2, watch2, t_kill2);
+  std::cout << "[timing] " << GetParam().name
+            << " SIGKILL the stopped controller: undispatched requests failed after " << lost_s
+            << " s, back in service after " << back2_s << " s (restart 2: back-off 2 s)\n";
+  const pid_t controller3 = controller_of(server);
+  EXPECT_GT(controller3, 0);
+  EXPECT_NE(controller3, controller2);
+  EXPECT_EQ(scheduler_ranks(server), before) << "the ranks were restarted";
+  info = server_info(server);
+  EXPECT_EQ(info["server_state"], "serving") << info.dump();
+  EXPECT_EQ(info["data_parallel_controller"]["restarts"], 2) << info.dump();
+
+  std::vector<pid_t> all = children_of(server.pid());
+  ASSERT_EQ(::kill(server.pid(), SIGTERM), 0);
+  EXPECT_EQ(server.wait_exit(seconds(20)), 0) << server.log();
+  EXPECT_TRUE(all_gone(all, seconds(5))) << "a child outlived the server";
+}
+
+// Over two nodes the controller's sockets are tcp with ports the system chose at the first start
+// (published in the coordinator, read once by node 1's leader): the restarted controller binds the
+// same ports, so node 1's leader, never restarted, reconnects by itself and group 1 serves again.
+TEST(MultiNodeLifecycle, KilledControllerRebindsItsTcpPorts) {
+  LoopbackNodes nodes({"--dp-size", "2", "--tp-size", "1", "--max-total-tokens", "16384",
+                       "--cluster-secret", "controller-recovery"});
+  ASSERT_TRUE(nodes.wait_healthy(seconds(90)));
+  ServerProcess& node0 = nodes.node0;
+  const std::map<int, pid_t> before0 = scheduler_ranks(node0);
+  const std::map<int, pid_t> before1 = scheduler_ranks(nodes.node1);
+  ASSERT_TRUE(before1.count(1));
+  const pid_t controller = controller_of(node0);
+  ASSERT_GT(controller, 0);
+  LoadClients group1(node0, 2, 1, 480, {{"data_parallel_rank", 1}});
+  ASSERT_TRUE(group1.wait_streams_started(seconds(30)));
+  const auto t_kill = RecoveryClock::now();
+  ASSERT_EQ(::kill(controller, SIGKILL), 0);
+  const std::vector<ClientOutcome>& d1 = group1.join();
+  for (size_t i = 0; i < d1.size(); ++i) {
+    expect_reference_completion(d1[i], 480, "group 1 (node 1) client " + std::to_string(i));
+  }
+  RecoveryWatch pinned(node0, {{"data_parallel_rank", 1}});
+  pinned.join();
+  ASSERT_TRUE(pinned.recovered()) << node0.log() << nodes.node1.log();
+  const double back_s = seconds_between(t_kill, pinned.back());
+  EXPECT_LT(back_s, 30.0);
+  EXPECT_TRUE(probe(node0, {{"data_parallel_rank", 0}}).reference);
+  std::cout << "[timing] 2 nodes plain DP 2, SIGKILL the controller: group 1 (node 1) back after "
+            << back_s << " s\n";
+  // The new controller was given explicit ports, no "*".
+  const pid_t controller2 = controller_of(node0);
+  ASSERT_GT(controller2, 0);
+  EXPECT_NE(controller2, controller);
+  std::string cmd = read_file("/proc/" + std::to_string(controller2) + "/cmdline");
+  std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+  EXPECT_THAT(cmd, HasSubstr("--leader-input tcp://0.0.0.0:")) << cmd;
+  EXPECT_THAT(cmd, ::testing::Not(HasSubstr(":*"))) << cmd;
+  EXPECT_EQ(scheduler_ranks(node0), before0);
+  EXPECT_EQ(scheduler_ranks(nodes.node1), before1) << "node 1's leader was not restarted";
+
+  std::vector<pid_t> all = children_of(node0.pid());
+  const std::vector<pid_t> all1 = children_of(nodes.node1.pid());
+  all.insert(all.end(), all1.begin(), all1.end());
+  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
+  EXPECT_EQ(node0.wait_exit(seconds(20)), 0) << node0.log();
+  EXPECT_EQ(nodes.node1.wait_exit(seconds(20)), 0) << nodes.node1.log();
+  EXPECT_TRUE(all_gone(all, seconds(5)));
+}
+
+INSTANTIATE_TEST_SUITE_P(DpFaults, ControllerFaults,
+                         ::testing::Values(ControllerCase{"plain DP 2", {"--dp-size", "2"}, 2},
+                                           ControllerCase{"DP attention 2x2",
+                                                          {"--tp-size", "2", "--dp-size", "2",
+                                                           "--enable-dp-attention"},
+                                                          2}),
+                         [](const ::testing::TestParamInfo<ControllerCase>& i) {
+                           return i.index == 0 ? std::string("PlainDp")
+                                               : std::string("DpAttention");
+                         });
 
 }  // namespace

@@ -286,15 +286,19 @@ inline void expect_dp_group_failover(const std::vector<ClientOutcome>& lost, siz
 // event then [DONE]; plain: 503 with an OpenAI error body) within `error_bound`; requests during
 // the recovery get 503 + Retry-After; the reference output is served again within 30 s of the
 // signal without a restart of the server; the victim is gone and its replacements are new
-// processes; no rank outlives the server.
+// processes; no rank outlives the server. The log must name the failed rank with its node and pid:
+// `victim`, or `reported` when another rank is the one that fails (with `cause` in that line).
 inline void expect_recovery_after_signal(const std::vector<std::string>& flags, int victim, int sig,
-                                         double error_bound_s, const std::string& tag) {
+                                         double error_bound_s, const std::string& tag,
+                                         int reported = -1, const std::string& cause = "") {
+  if (reported < 0) reported = victim;
   std::vector<std::string> args = flags;
   args.insert(args.end(), {"--max-total-tokens", "16384", "--dist-timeout", "10"});
   ServerProcess server(args);
   ASSERT_TRUE(server.wait_healthy(std::chrono::seconds(60))) << server.log();
   const std::map<int, pid_t> before = scheduler_ranks(server);
   ASSERT_TRUE(before.count(victim)) << "no rank " << victim;
+  ASSERT_TRUE(before.count(reported)) << "no rank " << reported;
 
   LoadClients clients(server, 8, 4, 480);
   ASSERT_TRUE(clients.wait_streams_started(std::chrono::seconds(30))) << server.log();
@@ -342,10 +346,17 @@ inline void expect_recovery_after_signal(const std::vector<std::string>& flags, 
     EXPECT_EQ(r["restarts"], 1) << r.dump();
     EXPECT_EQ(r["pid"].get<int64_t>(), after.at(r["rank"].get<int>())) << r.dump();
   }
-  // One log line names the rank, its node, its pid and the cause.
-  EXPECT_THAT(server.log(),
-              ::testing::HasSubstr("scheduler rank " + std::to_string(victim) + " (node 0, pid " +
-                                   std::to_string(before.at(victim))));
+  // One log line names the rank, its node, its pid (and its DP group under DP attention) and the
+  // cause.
+  const std::string log = server.log();
+  const std::string named = "scheduler rank " + std::to_string(reported) + " (node 0, pid " +
+                            std::to_string(before.at(reported));
+  const size_t at = log.find(named);
+  EXPECT_NE(at, std::string::npos) << "no line names " << named;
+  if (at != std::string::npos) {
+    const size_t close = log.find(')', at + named.size());
+    EXPECT_EQ(log.substr(close + 1, cause.size()), cause) << log.substr(at, 300);
+  }
 
   std::vector<pid_t> all;
   for (const auto& [rank, pid] : after) all.push_back(pid);

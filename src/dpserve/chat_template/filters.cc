@@ -1,6 +1,7 @@
 // Built-in filters and tests (Jinja 3 semantics; tojson as transformers defines it).
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -116,10 +117,12 @@ Value f_join(const Value& v, const Args& a) {
   auto p = bind_args(a, "join", P{{"d", Value::string("")}, {"attribute", Value::none()}});
   std::string out;
   bool first = true;
+  const std::string sep = p[0].to_str();
   for (const auto& e : iterate(v)) {
-    if (!first) out += p[0].to_str();
+    if (!first) out += sep;
     first = false;
     out += (p[1].is_none() ? e : attr_path(e, p[1])).to_str();
+    if (out.size() > kMaxGeneratedBytes) fail("join() result too large");
   }
   return Value::string(std::move(out));
 }
@@ -195,6 +198,8 @@ Value f_sort(const Value& v, const Args& a) {
                        {"case_sensitive", Value::boolean(false)},
                        {"attribute", Value::none()}});
   List items = iterate(v);
+  const auto n = static_cast<int64_t>(items.size());
+  charge_work(n * std::bit_width(static_cast<uint64_t>(n)));  // n log n comparisons
   std::vector<std::pair<Value, Value>> keyed;
   for (auto& e : items) keyed.emplace_back(sort_key(e, p[2], p[1].truthy()), e);
   const bool rev = p[0].truthy();

@@ -22,6 +22,9 @@ const Value* Scope::lookup(const std::string& name) const {
 namespace {
 
 constexpr int kMaxCallDepth = 200;
+// What one loop iteration costs of the render budget beyond the evaluations in its body: its
+// scope and `loop` object take about as long as 20 simple evaluations.
+constexpr int64_t kLoopIterationWork = 20;
 
 enum class Flow { Normal, Break, Continue };
 
@@ -62,6 +65,7 @@ class Interpreter {
 
   Value eval(const Expr& e, const ScopePtr& scope) {
     try {
+      charge_work(1);
       return eval_inner(e, scope);
     } catch (const Failure& f) {
       throw_error("chat template error at line {}, column {}: {}", e.line, e.column, f.what());
@@ -69,13 +73,22 @@ class Interpreter {
   }
 
  private:
+  // The text rendered so far (or captured by a block) stays within kMaxGeneratedBytes.
+  void check_output() const {
+    if (out_->size() > kMaxGeneratedBytes) {
+      fail(fmt::format("template output too large (more than {} bytes)", kMaxGeneratedBytes));
+    }
+  }
+
   Flow exec_inner(const Stmt& s, const ScopePtr& scope) {
     switch (s.kind) {
       case StmtKind::Text:
         out_->append(s.text);
+        check_output();
         return Flow::Normal;
       case StmtKind::Output:
         out_->append(eval(*s.expr, scope).to_str());
+        check_output();
         return Flow::Normal;
       case StmtKind::If:
         for (const auto& [cond, body] : s.branches) {
@@ -103,6 +116,7 @@ class Interpreter {
         Value v = Value::string(capture(s.body, scope));
         for (const auto& f : s.filters) v = apply_filter(*f, std::move(v), scope);
         out_->append(v.to_str());
+        check_output();
         return Flow::Normal;
       }
       case StmtKind::Break:
@@ -161,6 +175,7 @@ class Interpreter {
     if (items.empty()) return exec_body(s.else_body, scope);
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      charge_work(kLoopIterationWork);
       auto iter_scope = std::make_shared<Scope>();
       iter_scope->parent = scope;
       bind_targets(*iter_scope, s.targets, items[i]);
@@ -442,6 +457,7 @@ void add_default_globals(Scope& scope) {
 }
 
 std::string render_program(const Program& program, const ScopePtr& globals) {
+  RenderBudget budget;
   std::string out;
   Interpreter interp(&out);
   auto root = std::make_shared<Scope>();

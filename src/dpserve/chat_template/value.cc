@@ -47,7 +47,31 @@ Value Value::number(double d) {
   return v;
 }
 
+namespace {
+thread_local int64_t render_work_left = -1;  // -1: no render on this thread
+}  // namespace
+
+void charge_work(int64_t units) {
+  if (render_work_left < 0) return;
+  render_work_left -= units;
+  if (render_work_left < 0) {
+    render_work_left = 0;  // the error unwinds through code that may charge again
+    fail(
+        fmt::format("the template does too much work (more than {} steps: evaluations, items "
+                    "iterated, bytes built / 256)",
+                    kMaxRenderWork));
+  }
+}
+
+RenderBudget::RenderBudget() : saved_(render_work_left) { render_work_left = kMaxRenderWork; }
+
+RenderBudget::~RenderBudget() { render_work_left = saved_; }
+
 Value Value::string(std::string s) {
+  if (s.size() > kMaxGeneratedBytes) {
+    fail(fmt::format("string too large ({} bytes; the limit is {})", s.size(), kMaxGeneratedBytes));
+  }
+  charge_work(static_cast<int64_t>(s.size() / 256));
   Value v;
   v.kind_ = Kind::String;
   v.data_ = std::move(s);
@@ -534,13 +558,17 @@ bool contains(const Value& container, const Value& item) {
 List iterate(const Value& v) {
   switch (v.kind()) {
     case Kind::List:
+      charge_work(static_cast<int64_t>(v.as_list().size()));
       return v.as_list();
     case Kind::Dict: {
       List out;
       for (const auto& [k, e] : v.as_dict().items()) out.push_back(Value::string(k));
+      charge_work(static_cast<int64_t>(out.size()));
       return out;
     }
     case Kind::String: {
+      // A value per character: about 4 evaluations' worth each (a byte is at most a character).
+      charge_work(4 * static_cast<int64_t>(v.as_string().size()));
       List out;
       for (char32_t c : utf8_decode(v.as_string())) {
         out.push_back(Value::string(utf8_encode(std::u32string(1, c))));

@@ -30,9 +30,32 @@ class Failure : public std::runtime_error {
 // Throws Failure with a formatted message.
 [[noreturn]] void fail(std::string message);
 
-// Largest string one operation may build (`*`, indent, tojson): a runaway template fails instead
-// of exhausting memory.
+// Largest string one operation may build (`*`, indent, tojson, join, the output): a runaway
+// template fails instead of exhausting memory.
 inline constexpr size_t kMaxGeneratedBytes = size_t{1} << 24;
+
+// The work one render may do, in units: one per expression evaluated, one per item iterated (4
+// per character of an iterated string), n log n per sort, one per 256 bytes of string built, 20
+// per loop iteration (about a second of rendering in all). A real chat template on a long
+// conversation spends a few hundred thousand; a runaway one (nested loops over large ranges, a
+// string joined into itself) fails with an error instead of holding a server thread for minutes.
+inline constexpr int64_t kMaxRenderWork = 5'000'000;
+
+// Charges `units` of work to the render running on this thread (no-op outside a render); fails
+// once kMaxRenderWork is spent.
+void charge_work(int64_t units);
+
+// The work budget of one render on this thread, from construction to destruction.
+class RenderBudget {
+ public:
+  RenderBudget();
+  ~RenderBudget();
+  RenderBudget(const RenderBudget&) = delete;
+  RenderBudget& operator=(const RenderBudget&) = delete;
+
+ private:
+  int64_t saved_;  // the enclosing budget's remaining work (-1: none)
+};
 
 // The elements of a list value.
 using List = std::vector<Value>;

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "dpserve/common/errors.h"
@@ -220,24 +221,71 @@ void RankLauncher::respawn(const std::vector<int>& ranks, int generation) {
   }
 }
 
-void RankLauncher::start_controller(const ServerArgs& args, const std::string& runtime_dir) {
+std::vector<std::string> RankLauncher::controller_args(bool same_endpoints) const {
   std::vector<std::string> cargs =
-      data_parallel_controller_args(runtime_dir, args.dp_size, args.load_balance_method,
-                                    std::chrono::milliseconds(10000), args.log_level);
-  if (args.nnodes > 1) {
-    // Leaders on every node connect over tcp; the system picks the ports.
-    cargs.insert(cargs.end(), {"--secure", "--load", "tcp://0.0.0.0:*"});
-    for (int k = 0; k < args.dp_size; ++k) {
+      data_parallel_controller_args(runtime_dir_, args_.dp_size, args_.load_balance_method,
+                                    std::chrono::milliseconds(10000), args_.log_level);
+  if (args_.nnodes > 1) cargs.push_back("--secure");  // leaders on every node connect over tcp
+  if (same_endpoints) {
+    // The same ipc paths, or the same tcp ports (published under endpoints/... already).
+    cargs.insert(cargs.end(), {"--load", controller_endpoints_.load});
+    for (const std::string& e : controller_endpoints_.leaders) {
+      cargs.insert(cargs.end(), {"--leader-input", e});
+    }
+  } else if (args_.nnodes > 1) {
+    // The system picks the ports.
+    cargs.insert(cargs.end(), {"--load", "tcp://0.0.0.0:*"});
+    for (int k = 0; k < args_.dp_size; ++k) {
       cargs.insert(cargs.end(), {"--leader-input", "tcp://0.0.0.0:*"});
     }
   }
-  controller_ = std::make_unique<ChildProcess>(ChildSpec{
-      .role = kDpControllerRole, .args = std::move(cargs), .name = "data parallel controller"});
+  return cargs;
+}
+
+void RankLauncher::start_controller(const ServerArgs& args, const std::string& runtime_dir) {
+  DPSERVE_CHECK(runtime_dir == runtime_dir_, "the controller runs in the launcher's runtime dir");
+  controller_ = std::make_unique<ChildProcess>(ChildSpec{.role = kDpControllerRole,
+                                                         .args = controller_args(false),
+                                                         .name = "data parallel controller"});
   const nlohmann::json ready = controller_->wait_ready(std::chrono::seconds(30));
   controller_endpoints_.load = ready.at("load_endpoint").get<std::string>();
   controller_endpoints_.leaders = ready.at("leader_endpoints").get<std::vector<std::string>>();
   spdlog::info("data parallel controller ready (pid {}): {} groups, {}", controller_->pid(),
                args.dp_size, args.load_balance_method);
+}
+
+void RankLauncher::respawn_controller() {
+  DPSERVE_CHECK(controller_ != nullptr, "no data parallel controller to restart");
+  DPSERVE_CHECK(controller_->exit_status().has_value(), "the data parallel controller still runs");
+  controller_ = std::make_unique<ChildProcess>(ChildSpec{.role = kDpControllerRole,
+                                                         .args = controller_args(true),
+                                                         .name = "data parallel controller"});
+  spdlog::info("data parallel controller started again (pid {}) on {} and {}", controller_->pid(),
+               controller_endpoints_.load, fmt::join(controller_endpoints_.leaders, ", "));
+}
+
+void RankLauncher::controller_ready(std::chrono::milliseconds timeout) {
+  DPSERVE_CHECK(controller_ != nullptr, "no data parallel controller");
+  try {
+    const nlohmann::json ready = controller_->wait_ready(timeout);
+    const auto load = ready.at("load_endpoint").get<std::string>();
+    const auto leaders = ready.at("leader_endpoints").get<std::vector<std::string>>();
+    if (load != controller_endpoints_.load || leaders != controller_endpoints_.leaders) {
+      throw_error("the restarted data parallel controller bound {} and {} instead of {} and {}",
+                  load, fmt::join(leaders, ", "), controller_endpoints_.load,
+                  fmt::join(controller_endpoints_.leaders, ", "));
+    }
+  } catch (const Error&) {
+    if (!controller_->exit_status()) {
+      controller_->kill(SIGKILL);
+      controller_->wait_exit(Millis(-1));
+    }
+    throw;
+  } catch (const nlohmann::json::exception& e) {
+    controller_->kill(SIGKILL);
+    controller_->wait_exit(Millis(-1));
+    throw_error("the restarted data parallel controller's readiness: {}", e.what());
+  }
 }
 
 RankLauncher::~RankLauncher() {

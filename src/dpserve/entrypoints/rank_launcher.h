@@ -9,7 +9,8 @@
 // DataParallelController child and then dp_size replicas of tp_size ranks, whose leaders take
 // their requests from the controller. Every layout has the coordinator (its heartbeats tell a
 // hung rank). For recovery (entrypoints/server_supervisor.h) it reports every child's exit and
-// the coordinator's heartbeat deaths, kills ranks and starts them again as a new generation.
+// the coordinator's heartbeat deaths, kills ranks and starts them again as a new generation, and
+// starts a dead controller again on the endpoints the first one bound.
 
 #include <chrono>
 #include <memory>
@@ -81,12 +82,25 @@ class RankLauncher {
   Coordinator* coordinator() { return coordinator_.get(); }
   // Ranks the coordinator declared dead (missed heartbeats) since the last call; thread-safe.
   std::vector<RankState> take_dead_ranks();
+  // The DataParallelController child (node 0 with --dp-size > 1), else null.
+  ChildProcess* controller() { return controller_.get(); }
+  // Starts a new controller process (the previous one has exited) bound to the SAME endpoints as
+  // the first one (tcp: the port numbers the system chose then), so the leaders' connected
+  // sockets reconnect on their own. Does not wait: its ready_fd() polls readable once it reports;
+  // then call controller_ready(). Throws dpserve::Error when it cannot be spawned.
+  void respawn_controller();
+  // Reads the restarted controller's readiness (up to `timeout`) and checks that it bound the
+  // endpoints it had; throws dpserve::Error with its message otherwise (it is killed then).
+  void controller_ready(std::chrono::milliseconds timeout);
   // Polls readable while take_dead_ranks() has something (for the supervisor's poll()).
   int dead_ranks_fd() const { return dead_fd_; }
 
  private:
   // Starts the DataParallelController child (node 0, --dp-size > 1) and keeps its endpoints.
   void start_controller(const ServerArgs& args, const std::string& runtime_dir);
+  // The controller child's arguments: the first start lets the system pick tcp ports; a restart
+  // (`same_endpoints`) passes the endpoints the first one bound.
+  std::vector<std::string> controller_args(bool same_endpoints) const;
   // Spawns global rank `rank` as incarnation `generation` and stores it in ranks_.
   void spawn_rank(int rank, int generation);
   // Called on the coordinator's thread: queues a heartbeat death for take_dead_ranks().

@@ -26,6 +26,11 @@ using Clock = std::chrono::steady_clock;
 constexpr auto kStableAfter = std::chrono::seconds(60);  // service that resets the restart count
 constexpr auto kMaxBackoff = std::chrono::seconds(30);
 constexpr auto kAbortGrace = std::chrono::seconds(5);  // after the abort, for the last responses
+// After a controller's death, how long its last dispatch notices (already sent) may take to be
+// read before the requests it never dispatched are failed.
+constexpr auto kNoticeGrace = std::chrono::milliseconds(300);
+// The Retry-After estimate of a controller's start (it binds sockets; no model to load).
+constexpr auto kControllerStartup = std::chrono::seconds(1);
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -68,6 +73,8 @@ ServerSupervisor::ServerSupervisor(const ServerArgs& args, RankLauncher& launche
     units_.push_back(std::move(u));
   }
   for (Unit& u : units_) u.up_since = now;
+  controller_.up_since = now;
+  if (ChildProcess* c = launcher_.controller()) controller_pid_ = c->pid();
   for (int r : local) pids_.push_back(launcher_.child(r).pid());
   unit_states_.assign(units_.size(), UnitState::kServing);
   unit_restarts_.assign(units_.size(), 0);
@@ -162,6 +169,12 @@ int ServerSupervisor::run() {
         fds.push_back({fd, POLLIN, 0});
       }
     }
+    int controller_ready_at = -1;  // fds index of a restarting controller's readiness pipe
+    if (controller_.state == UnitState::kStarting && launcher_.controller() != nullptr &&
+        launcher_.controller()->ready_fd() >= 0) {
+      controller_ready_at = static_cast<int>(fds.size());
+      fds.push_back({launcher_.controller()->ready_fd(), POLLIN, 0});
+    }
     const int rc = ::poll(fds.data(), fds.size(), 100);
     if (rc < 0 && errno != EINTR) throw_error("poll: {}", std::strerror(errno));
 
@@ -180,7 +193,12 @@ int ServerSupervisor::run() {
     for (size_t u = 0; u < units_.size(); ++u) {
       if (!readable[u].empty()) poll_ready(static_cast<int>(u), readable[u]);
     }
+    if (controller_ready_at >= 0 && (fds[static_cast<size_t>(controller_ready_at)].revents &
+                                     (POLLIN | POLLHUP | POLLERR)) != 0) {
+      poll_controller_ready();
+    }
     const auto now = Clock::now();
+    controller_timers(now);
     for (size_t u = 0; u < units_.size() && !fatal_ && !draining_; ++u) {
       if (units_[u].state == UnitState::kBackoff && now >= units_[u].restart_at) {
         start_unit(static_cast<int>(u));
@@ -264,8 +282,9 @@ void ServerSupervisor::handle_exits() {
   });
   for (const RankExit& e : exits) {
     if (e.rank < 0) {
-      fatal(fmt::format("the data parallel controller (pid {}) died ({}); the server exits", e.pid,
-                        e.status.describe()));
+      on_controller_failure(
+          e.pid, fmt::format("{} ({})", e.status.signal != 0 ? "died" : "exited unexpectedly",
+                             e.status.describe()));
       continue;
     }
     const int u = unit_of(e.rank);
@@ -276,6 +295,23 @@ void ServerSupervisor::handle_exits() {
 
 void ServerSupervisor::fatal(const std::string& message) {
   if (!fatal_) fatal_ = message;
+}
+
+std::optional<std::chrono::milliseconds> ServerSupervisor::restart_delay(int restarts,
+                                                                         const std::string& what) {
+  if (draining_) return std::nullopt;
+  if (args_.max_restarts == 0) {
+    fatal(fmt::format("{}; --max-restarts is 0: the server exits", what));
+    return std::nullopt;
+  }
+  if (restarts >= args_.max_restarts) {
+    fatal(fmt::format(
+        "{}; giving up after {} restarts in a row (--max-restarts {}): the server exits", what,
+        restarts, args_.max_restarts));
+    return std::nullopt;
+  }
+  return std::min<std::chrono::milliseconds>(
+      std::chrono::seconds(int64_t{1} << std::min(restarts, 5)), kMaxBackoff);
 }
 
 void ServerSupervisor::on_failure(int unit, int rank, int node, int64_t pid,
@@ -296,28 +332,17 @@ void ServerSupervisor::on_failure(int unit, int rank, int node, int64_t pid,
   // What the unit's clients are told, and when to come back.
   std::string action;
   int retry_after = 0;
-  const bool can_restart = !draining_ && args_.max_restarts > 0 && u.restarts < args_.max_restarts;
-  if (!can_restart && !draining_) {
-    if (args_.max_restarts == 0) {
-      fatal(fmt::format("{}; --max-restarts is 0: the server exits", what));
-    } else {
-      fatal(
-          fmt::format("{}; giving up after {} restarts in a row (--max-restarts {}): the server "
-                      "exits",
-                      what, u.restarts, args_.max_restarts));
-    }
-    return;
-  }
+  const std::optional<std::chrono::milliseconds> delay = restart_delay(u.restarts, what);
+  if (!delay && !draining_) return;  // fatal
+  const bool can_restart = delay.has_value();
   if (can_restart) {
-    const std::chrono::milliseconds delay = std::min<std::chrono::milliseconds>(
-        std::chrono::seconds(int64_t{1} << std::min(u.restarts, 5)), kMaxBackoff);
     ++u.restarts;
-    u.restart_at = now + delay;
+    u.restart_at = now + *delay;
     retry_after =
-        static_cast<int>(std::ceil(std::chrono::duration<double>(delay + startup_).count()));
+        static_cast<int>(std::ceil(std::chrono::duration<double>(*delay + startup_).count()));
     action =
         fmt::format("restarting {} in {:.0f} s (restart {} of {})", u.description,
-                    std::chrono::duration<double>(delay).count(), u.restarts, args_.max_restarts);
+                    std::chrono::duration<double>(*delay).count(), u.restarts, args_.max_restarts);
     set_unit_state(unit, UnitState::kBackoff);
   } else {
     action = "not restarted: the server is shutting down";
@@ -431,6 +456,91 @@ void ServerSupervisor::on_unit_ready(int unit) {
                args_.max_restarts);
 }
 
+void ServerSupervisor::set_controller_state(UnitState state, int64_t pid) {
+  controller_.state = state;
+  std::lock_guard<std::mutex> lock(mu_);
+  controller_state_ = state;
+  controller_restarts_ = controller_.restarts;
+  controller_pid_ = pid;
+}
+
+void ServerSupervisor::on_controller_failure(int64_t pid, const std::string& cause) {
+  Controller& c = controller_;
+  if (c.state == UnitState::kBackoff || c.state == UnitState::kDown) return;  // handled already
+  const auto now = Clock::now();
+  if (c.state == UnitState::kServing && now - c.up_since >= kStableAfter) c.restarts = 0;
+  c.failed_at = now;
+  const std::string what =
+      fmt::format("the data parallel controller (node {}, pid {}) {}", args_.node_rank, pid, cause);
+  const std::optional<std::chrono::milliseconds> delay = restart_delay(c.restarts, what);
+  if (!delay && !draining_) return;  // fatal
+  if (delay) {
+    ++c.restarts;
+    c.restart_at = now + *delay;
+    c.retry_after = static_cast<int>(
+        std::ceil(std::chrono::duration<double>(*delay + kControllerStartup).count()));
+    c.reason =
+        fmt::format("the data parallel controller is restarting: it (pid {}) {}; retry in {} s",
+                    pid, cause, c.retry_after);
+    spdlog::error("{}; restarting it in {:.0f} s (restart {} of {})", what,
+                  std::chrono::duration<double>(*delay).count(), c.restarts, args_.max_restarts);
+    set_controller_state(UnitState::kBackoff, 0);
+  } else {
+    c.retry_after = 0;
+    c.reason = fmt::format("the data parallel controller (pid {}) {}; the server is shutting down",
+                           pid, cause);
+    spdlog::error("{}; not restarted: the server is shutting down", what);
+    set_controller_state(UnitState::kDown, 0);
+  }
+  tm_.set_controller_down(c.reason, c.retry_after);
+  // Its dispatch notices sent before it died are still being read: fail the rest a bit later.
+  c.fail_undispatched_at = now + kNoticeGrace;
+}
+
+void ServerSupervisor::controller_timers(Clock::time_point now) {
+  Controller& c = controller_;
+  if (c.fail_undispatched_at && now >= *c.fail_undispatched_at) {
+    c.fail_undispatched_at.reset();
+    tm_.fail_undispatched(c.reason, c.retry_after);
+  }
+  if (c.state == UnitState::kBackoff && now >= c.restart_at && !fatal_ && !draining_) {
+    start_controller();
+  }
+}
+
+void ServerSupervisor::start_controller() {
+  if (controller_.fail_undispatched_at) {  // the grace must end before a new controller serves
+    controller_.fail_undispatched_at.reset();
+    tm_.fail_undispatched(controller_.reason, controller_.retry_after);
+  }
+  try {
+    launcher_.respawn_controller();
+  } catch (const Error& e) {
+    fatal(fmt::format("cannot restart the data parallel controller: {}", e.what()));
+    return;
+  }
+  set_controller_state(UnitState::kStarting, launcher_.controller()->pid());
+}
+
+void ServerSupervisor::poll_controller_ready() {
+  if (controller_.state != UnitState::kStarting) return;  // it died meanwhile (handle_exits)
+  const int64_t pid = launcher_.controller()->pid();
+  try {
+    launcher_.controller_ready(std::chrono::seconds(5));
+  } catch (const Error& e) {
+    on_controller_failure(pid, fmt::format("failed to start: {}", e.what()));
+    return;
+  }
+  // The same socket as the requests: the new controller hears which groups are down first.
+  tm_.set_controller_up();
+  controller_.up_since = Clock::now();
+  set_controller_state(UnitState::kServing, pid);
+  spdlog::info(
+      "the data parallel controller (pid {}) back in service {:.1f} s after the failure (restart "
+      "{} of {})",
+      pid, seconds_since(controller_.failed_at), controller_.restarts, args_.max_restarts);
+}
+
 void ServerSupervisor::add_server_info(nlohmann::json& info) const {
   const std::vector<RankState> coord =
       launcher_.coordinator() ? launcher_.coordinator()->rank_states() : std::vector<RankState>{};
@@ -486,6 +596,16 @@ void ServerSupervisor::add_server_info(nlohmann::json& info) const {
     ranks.push_back(std::move(j));
   }
   info["ranks"] = std::move(ranks);
+  if (controller_pid_ != 0 || controller_state_ != UnitState::kServing) {
+    const char* cs = controller_state_ == UnitState::kServing    ? "alive"
+                     : controller_state_ == UnitState::kBackoff  ? "restarting"
+                     : controller_state_ == UnitState::kStarting ? "starting"
+                                                                 : "dead";
+    info["data_parallel_controller"] = {
+        {"pid", controller_pid_ != 0 ? nlohmann::json(controller_pid_) : nlohmann::json(nullptr)},
+        {"state", cs},
+        {"restarts", controller_restarts_}};
+  }
   if (!pids_.empty()) info["scheduler_pid"] = pids_.front();
 }
 

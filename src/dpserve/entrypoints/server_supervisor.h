@@ -31,7 +31,17 @@
 // exit status 1 and a message naming the rank and the cause. With several nodes node 0 publishes
 // every restart generation in the coordinator with the global ranks that restart; each other
 // node's launcher restarts those of its ranks (all of them under TP / DP attention, one replica's
-// under plain DP). --max-restarts 0 and a dead controller are fail-stop (exit 1).
+// under plain DP). --max-restarts 0 is fail-stop (exit 1).
+// The data parallel controller (--dp-size > 1, plain DP or DP attention) fails and restarts
+// alone, with its own restart count under the same --max-restarts and back-off: its pidfd tells
+// its exit at once (one log line with its pid and the cause); new requests get 503 + Retry-After
+// ("the data parallel controller is restarting") and /health says "recovering"; after a grace of
+// 300 ms for its last dispatch notices, the requests it never dispatched (lost in its queues)
+// fail with 503, while those already in a DP group run on (their outputs come from the leaders
+// directly). The new controller binds the same endpoints (ipc paths, or the tcp ports the first
+// one got, published in the coordinator), so the leaders' sockets reconnect on their own; once
+// it is ready the front end tells it the DP groups that are down, sends the aborts held back
+// meanwhile and serves again; load reports give it a fresh load view.
 // Shutdown: the first SIGTERM / SIGINT drains: new requests get 503, /health says "draining",
 // in-flight requests finish normally for up to --shutdown-timeout, then the rest are aborted. A
 // second signal stops at once.
@@ -113,6 +123,10 @@ class ServerSupervisor {
   void on_signal();
   void on_failure(int unit, int rank, int node, int64_t pid, const std::string& cause);
   void fatal(const std::string& message);
+  // The back-off before the next restart of something that failed `restarts` times in a row (1,
+  // 2, 4 ... s, at most 30 s); nullopt when it is not restarted: while draining, or past
+  // --max-restarts (then fatal() with `what`, the failure's description).
+  std::optional<std::chrono::milliseconds> restart_delay(int restarts, const std::string& what);
   void start_unit(int unit);
   void poll_ready(int unit, const std::vector<int>& readable_ranks);
   // Remote ranks: their exits and readiness, from the keys their launchers set.
@@ -125,6 +139,15 @@ class ServerSupervisor {
   void handle_exits();
   // True once the drain finished (or was forced).
   bool drain_step();
+  // The data parallel controller (node 0 with --dp-size > 1): it failed (its pid, the cause).
+  void on_controller_failure(int64_t pid, const std::string& cause);
+  // Its back-off ended: a new controller process on the same endpoints.
+  void start_controller();
+  // The restarting controller's readiness pipe polled readable.
+  void poll_controller_ready();
+  // The notice grace (fail the requests it never dispatched) and the restart timer.
+  void controller_timers(Clock::time_point now);
+  void set_controller_state(UnitState state, int64_t pid);
 
   const ServerArgs& args_;
   RankLauncher& launcher_;
@@ -135,6 +158,19 @@ class ServerSupervisor {
   int world_size_ = 1;
   int generation_ = 0;
   std::vector<Unit> units_;  // written by run()'s thread only; states mirrored under mu_
+  // The data parallel controller restarts alone (its own restart count, the same back-off and
+  // --max-restarts); written by run()'s thread only, state and pid mirrored under mu_.
+  struct Controller {
+    UnitState state = UnitState::kServing;
+    int restarts = 0;                                       // restarts in a row
+    Clock::time_point up_since;                             // serving since
+    Clock::time_point failed_at;                            // the current failure's detection
+    Clock::time_point restart_at;                           // kBackoff: when it starts again
+    std::optional<Clock::time_point> fail_undispatched_at;  // the grace for in-flight notices
+    std::string reason;                                     // what clients are told meanwhile
+    int retry_after = 0;                                    // their Retry-After
+  };
+  Controller controller_;
   std::optional<std::string> fatal_;
   // Draining (after the first signal).
   bool draining_ = false;
@@ -147,6 +183,9 @@ class ServerSupervisor {
   std::vector<int64_t> pids_;           // per local rank: the current process
   std::vector<UnitState> unit_states_;  // per unit
   std::vector<int> unit_restarts_;      // per unit
+  UnitState controller_state_ = UnitState::kServing;
+  int controller_restarts_ = 0;
+  int64_t controller_pid_ = 0;  // 0: no controller
 };
 
 }  // namespace dpserve

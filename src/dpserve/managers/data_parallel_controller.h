@@ -34,7 +34,9 @@
 //     stale (logged) and not chosen while another group is fresh; its next report makes it fresh.
 //   - DpGroupState (from the main process, whose launcher restarts failed ranks): a group that is
 //     down is never chosen, requests naming it are rejected, control requests skip it; when it is
-//     up again it starts over with a fresh load view.
+//     up again it starts over with a fresh load view. A restarted controller (the main process
+//     respawns a dead one on the same endpoints) starts with every group up and is sent a
+//     DpGroupState for each group that is down before any request.
 //   - Every dispatch is told to the TokenizerManager (DpDispatchNotice, batched per poll), so the
 //     front end can fail exactly the requests of a group that dies.
 //

@@ -557,8 +557,8 @@ int run_scheduler_process(ChildContext& ctx) {
     }
     Scheduler scheduler(config, model, tokenizer);
     scheduler.set_watchdog_callback([](int64_t step, double seconds) {
-      // SGLang kills the process tree on a hung step; exiting here makes the server notice a
-      // dead scheduler and exit non-zero.
+      // SGLang kills the process tree on a hung step; here the rank exits with status 3 and
+      // node 0's supervisor restarts its failure unit (server_supervisor.h).
       spdlog::critical("watchdog: step {} hung for {:.1f} s; the scheduler process exits", step,
                        seconds);
       std::_Exit(3);

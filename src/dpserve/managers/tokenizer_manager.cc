@@ -1,6 +1,7 @@
 #include "dpserve/managers/tokenizer_manager.h"
 
 #include <random>
+#include <utility>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -266,15 +267,24 @@ void TokenizerManager::validate(const std::vector<int32_t>& ids, SamplingParams&
   }
 }
 
+void TokenizerManager::throw_if_down() const {
+  if (dead_.load()) throw ApiError(503, dead_reason_, "service_unavailable");
+  if (recovering_.load()) {
+    throw ApiError(503, "the server is recovering: " + recovery_reason_, "service_unavailable")
+        .with_retry_after(retry_after_s_);
+  }
+  if (controller_down_.load()) {
+    throw ApiError(503, "the server is recovering: " + controller_reason_, "service_unavailable")
+        .with_retry_after(controller_retry_after_s_);
+  }
+}
+
 void TokenizerManager::throw_if_unavailable() const {
   if (dead_.load()) throw ApiError(503, dead_reason_, "service_unavailable");
   if (!accepting_.load()) {
     throw ApiError(503, "the server is shutting down", "service_unavailable");
   }
-  if (recovering_.load()) {
-    throw ApiError(503, "the server is recovering: " + recovery_reason_, "service_unavailable")
-        .with_retry_after(retry_after_s_);
-  }
+  throw_if_down();
 }
 
 std::shared_ptr<GenerateHandle> TokenizerManager::generate(std::vector<GenerateReqInput> inputs) {
@@ -388,6 +398,7 @@ void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
       if (it != live_.end() && it->second == handle) {
         live_.erase(it);
         rid_group_.erase(rid);
+        dispatched_.erase(rid);
         to_abort.push_back(rid);
       }
     }
@@ -404,6 +415,14 @@ void TokenizerManager::release(GenerateHandle* handle, bool abort_unfinished) {
     }
   }
   if (!abort_unfinished || dead_.load() || recovering_.load()) return;
+  if (controller_down_.load()) {
+    // Sent to the restarted controller (set_controller_up), which fans them out.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (controller_down_.load()) {
+      pending_aborts_.insert(pending_aborts_.end(), to_abort.begin(), to_abort.end());
+      return;
+    }
+  }
   for (const std::string& rid : to_abort) {
     spdlog::info("[{}] abort: the client went away before it finished", rid);
     send(AbortReq{rid, false});
@@ -415,6 +434,10 @@ void TokenizerManager::abort(const std::string& rid) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (live_.count(rid) == 0) return;
+    if (controller_down_.load()) {
+      pending_aborts_.push_back(rid);
+      return;
+    }
   }
   spdlog::info("[{}] abort requested", rid);
   send(AbortReq{rid, false});
@@ -427,6 +450,13 @@ void TokenizerManager::abort_all() {
     for (const auto& [rid, h] : live_) rids.push_back(rid);
   }
   if (dead_.load() || recovering_.load()) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (controller_down_.load()) {
+      pending_abort_all_ = true;
+      return;
+    }
+  }
   if (!rids.empty()) spdlog::info("aborting {} live requests", rids.size());
   send(AbortReq{"", true});
 }
@@ -457,6 +487,7 @@ void TokenizerManager::set_recovering(std::optional<std::string> reason, int ret
 void TokenizerManager::forget_rid(const std::string& rid) {
   live_.erase(rid);
   rid_group_.erase(rid);
+  dispatched_.erase(rid);
 }
 
 int64_t TokenizerManager::fail_requests(int32_t dp_rank, const std::string& reason,
@@ -488,8 +519,9 @@ void TokenizerManager::set_dp_group_down(int32_t dp_rank, const std::string& rea
     down_groups_[dp_rank] = {reason, retry_after_s};
   }
   // Requests the controller dispatched there before it hears this are failed as their dispatch
-  // notices arrive (the notices precede anything it does after this message).
-  send(DpGroupState{dp_rank, false, reason});
+  // notices arrive (the notices precede anything it does after this message). A restarting
+  // controller is told by set_controller_up.
+  if (!controller_down_.load()) send(DpGroupState{dp_rank, false, reason});
   fail_requests(dp_rank, reason, retry_after_s);
 }
 
@@ -498,7 +530,65 @@ void TokenizerManager::set_dp_group_up(int32_t dp_rank) {
     std::lock_guard<std::mutex> lock(mu_);
     down_groups_.erase(dp_rank);
   }
-  send(DpGroupState{dp_rank, true, ""});
+  if (!controller_down_.load()) send(DpGroupState{dp_rank, true, ""});
+}
+
+void TokenizerManager::set_controller_down(const std::string& reason, int retry_after_s) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    controller_reason_ = reason;
+    controller_retry_after_s_ = retry_after_s;
+    controller_down_.store(true);
+  }
+  // A control request waiting for the dead controller's answer fails now.
+  { std::lock_guard<std::mutex> lock(control_resp_mu_); }
+  control_cv_.notify_all();
+}
+
+int64_t TokenizerManager::fail_undispatched(const std::string& reason, int retry_after_s) {
+  int64_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::pair<std::string, GenerateHandle*>> hit;
+    for (const auto& [rid, h] : live_) {
+      if (dispatched_.count(rid) == 0) hit.emplace_back(rid, h);
+    }
+    // Failing under mu_ keeps the handles alive (their destructors wait for mu_ in release()).
+    for (const auto& [rid, h] : hit) {
+      forget_rid(rid);
+      h->fail(reason, retry_after_s);
+      pending_aborts_.push_back(rid);  // in case it reached a group after all
+    }
+    n = static_cast<int64_t>(hit.size());
+  }
+  if (n > 0) spdlog::warn("{} requests not yet dispatched to a DP group failed: {}", n, reason);
+  return n;
+}
+
+bool TokenizerManager::set_controller_up() {
+  std::vector<DpGroupState> groups;
+  std::vector<std::string> aborts;
+  bool abort_all = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [k, down] : down_groups_) groups.push_back({k, false, down.first});
+    aborts = std::exchange(pending_aborts_, {});
+    abort_all = std::exchange(pending_abort_all_, false);
+  }
+  // Before any new request, on the same socket: the new controller knows the groups that are
+  // down before it dispatches.
+  bool ok = true;
+  for (const DpGroupState& g : groups) ok = send(g) && ok;
+  for (const std::string& rid : aborts) ok = send(AbortReq{rid, false}) && ok;
+  if (abort_all) ok = send(AbortReq{"", true}) && ok;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    controller_down_.store(false);
+    controller_reason_.clear();
+  }
+  spdlog::info("the data parallel controller serves again (told it {} DP groups down, {} aborts{})",
+               groups.size(), aborts.size(), abort_all ? " and abort all" : "");
+  return ok;
 }
 
 HealthStatus TokenizerManager::health() const {
@@ -511,6 +601,10 @@ HealthStatus TokenizerManager::health() const {
   if (recovering_.load()) {
     return {false, "recovering", "the server is recovering: " + recovery_reason_, retry_after_s_};
   }
+  if (controller_down_.load()) {
+    return {false, "recovering", "the server is recovering: " + controller_reason_,
+            controller_retry_after_s_};
+  }
   return {true, "serving", "", 0};
 }
 
@@ -522,6 +616,7 @@ void TokenizerManager::on_dispatch_notice(const DpDispatchNotice& notice) {
     const auto down = down_groups_.find(notice.dp_ranks[i]);
     if (down == down_groups_.end()) {
       rid_group_[notice.rids[i]] = notice.dp_ranks[i];
+      dispatched_.insert(notice.rids[i]);
       continue;
     }
     // Dispatched to a group that died since: it will never answer.
@@ -586,6 +681,7 @@ void TokenizerManager::receive_loop() {
           }
           if (all) {
             rid_group_.erase(out.rid);
+            dispatched_.erase(out.rid);
             live_.erase(it);
           }
         }
@@ -609,18 +705,17 @@ Message TokenizerManager::control(const Message& request, std::chrono::milliseco
     std::lock_guard<std::mutex> lock(control_resp_mu_);
     control_resp_.reset();
   }
-  if (dead_.load() || recovering_.load()) {
+  if (dead_.load() || recovering_.load() || controller_down_.load()) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (dead_.load()) throw ApiError(503, dead_reason_, "service_unavailable");
-    throw ApiError(503, "the server is recovering: " + recovery_reason_, "service_unavailable")
-        .with_retry_after(retry_after_s_);
+    throw_if_down();
   }
   if (!send(request)) {
     throw ApiError(503, "the scheduler process is not reachable", "service_unavailable");
   }
   std::unique_lock<std::mutex> lock(control_resp_mu_);
-  if (!control_cv_.wait_for(lock, timeout,
-                            [&] { return control_resp_.has_value() || dead_.load(); }) ||
+  if (!control_cv_.wait_for(
+          lock, timeout,
+          [&] { return control_resp_.has_value() || dead_.load() || controller_down_.load(); }) ||
       !control_resp_) {
     throw ApiError(503,
                    fmt::format("the scheduler did not answer {} in time", message_name(request)),

@@ -18,7 +18,12 @@
 // Retry-After while the scheduler ranks restart; fail_requests() ends live requests with a 503
 // (streams: an error event); under plain DP set_dp_group_down() fails only that group's requests
 // (the controller's DpDispatchNotice tells which group each request went to) and routes around
-// it until set_dp_group_up(). health() is what /health answers.
+// it until set_dp_group_up(). With --dp-size > 1 the data parallel controller may die and be
+// restarted: set_controller_down() makes new requests 503 + Retry-After; fail_undispatched()
+// ends the requests the dead controller had not dispatched yet (those it dispatched run on in
+// their groups, whose outputs come here directly); set_controller_up() tells the new controller
+// the groups that are down and aborts what the clients dropped meanwhile, then serves again.
+// health() is what /health answers.
 //
 // Thread safety: every public method may be called from any thread.
 
@@ -33,6 +38,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -210,6 +216,17 @@ class TokenizerManager {
   void set_dp_group_down(int32_t dp_rank, const std::string& reason, int retry_after_s = 0);
   // The restarted DP group `dp_rank` serves again.
   void set_dp_group_up(int32_t dp_rank);
+  // The data parallel controller died and restarts: until set_controller_up, generate() and
+  // control requests answer 503 with `reason` and Retry-After `retry_after_s`, /health says
+  // "recovering", and nothing is sent to the controller (aborts wait for the new one).
+  void set_controller_down(const std::string& reason, int retry_after_s);
+  // Ends every live request whose dispatch to a DP group the controller never told (lost in the
+  // dead controller's queues) with a 503 naming `reason`; they are aborted in the groups once
+  // the controller is back, in case one was dispatched after all. Returns how many failed.
+  int64_t fail_undispatched(const std::string& reason, int retry_after_s);
+  // The restarted controller is ready: sends it the DP groups that are down (DpGroupState) and
+  // the aborts held back meanwhile, then serves again. False when it cannot be reached.
+  bool set_controller_up();
   // The serving state for /health.
   HealthStatus health() const;
   // Stops the receiver thread (idempotent; also done by the destructor).
@@ -219,7 +236,9 @@ class TokenizerManager {
   void set_metrics(ServingMetrics* metrics) { metrics_.store(metrics); }
 
   // True while the scheduler is alive and requests are accepted (health().ok).
-  bool healthy() const { return !dead_.load() && accepting_.load() && !recovering_.load(); }
+  bool healthy() const {
+    return !dead_.load() && accepting_.load() && !recovering_.load() && !controller_down_.load();
+  }
   // Number of live (unfinished) requests.
   int64_t num_live_requests() const;
   // Number of generate calls whose handle is still held (responses still being written).
@@ -241,6 +260,7 @@ class TokenizerManager {
   void on_dispatch_notice(const DpDispatchNotice& notice);
   void forget_rid(const std::string& rid);  // under mu_
   void throw_if_unavailable() const;        // under mu_
+  void throw_if_down() const;               // dead, recovering or controller down; under mu_
   Message control(const Message& request, std::chrono::milliseconds timeout);
 
   std::shared_ptr<const Tokenizer> tokenizer_;
@@ -272,6 +292,15 @@ class TokenizerManager {
   // (dp rank -> (reason, Retry-After)).
   std::unordered_map<std::string, int32_t> rid_group_;
   std::unordered_map<int32_t, std::pair<std::string, int>> down_groups_;
+  // Live requests the controller told it dispatched (DpDispatchNotice), guarded by mu_.
+  std::unordered_set<std::string> dispatched_;
+  // The controller is restarting (set_controller_down): its reason and Retry-After, and the
+  // rids to abort once it is back (guarded by mu_).
+  std::atomic<bool> controller_down_{false};
+  std::string controller_reason_;
+  int controller_retry_after_s_ = 0;
+  std::vector<std::string> pending_aborts_;
+  bool pending_abort_all_ = false;
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> last_receive_ns_{0};
   std::atomic<int64_t> open_handles_{0};
