@@ -14,7 +14,7 @@ PACKAGES=(
   # Argon2id derives the cluster's CURVE keys from --cluster-secret, the field's standard.
   libsodium-dev
   python3 python3-numpy iproute2
-  # clang 14 with libFuzzer and the sanitizer runtimes: tools/fuzz.sh and .ci/run's second stage
+  # clang 14 with libFuzzer and the sanitizer runtimes: tools/fuzz.sh and .ci/run's fuzzing stage
   # (the g++ sanitizer build uses g++'s own libasan / libubsan, installed with g++).
   clang-14 libclang-rt-14-dev ccache
 )

@@ -199,7 +199,8 @@ Value f_sort(const Value& v, const Args& a) {
                        {"attribute", Value::none()}});
   List items = iterate(v);
   const auto n = static_cast<int64_t>(items.size());
-  charge_work(n * std::bit_width(static_cast<uint64_t>(n)));  // n log n comparisons
+  // n log n comparisons of values, each worth a few evaluations
+  charge_work(4 * n * std::bit_width(static_cast<uint64_t>(n)));
   std::vector<std::pair<Value, Value>> keyed;
   for (auto& e : items) keyed.emplace_back(sort_key(e, p[2], p[1].truthy()), e);
   const bool rev = p[0].truthy();

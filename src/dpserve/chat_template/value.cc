@@ -567,8 +567,8 @@ List iterate(const Value& v) {
       return out;
     }
     case Kind::String: {
-      // A value per character: about 4 evaluations' worth each (a byte is at most a character).
-      charge_work(4 * static_cast<int64_t>(v.as_string().size()));
+      // A value per character: about 8 evaluations' worth each (a byte is at most a character).
+      charge_work(8 * static_cast<int64_t>(v.as_string().size()));
       List out;
       for (char32_t c : utf8_decode(v.as_string())) {
         out.push_back(Value::string(utf8_encode(std::u32string(1, c))));
