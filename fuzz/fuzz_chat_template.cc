@@ -46,11 +46,7 @@ const std::vector<Loaded>& templates() {
 }
 
 ChatTemplateOptions fixed_time(ChatTemplateOptions o) {
-  std::tm now{};
-  now.tm_year = 124;
-  now.tm_mon = 6;
-  now.tm_mday = 26;
-  o.now = now;
+  o.now = fuzz::fixed_now();
   return o;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <string>
 
 #include <fmt/format.h>
@@ -14,6 +15,16 @@ namespace dpserve::fuzz {
 inline std::string shared_dir() {
   const char* env = std::getenv("DPSERVE_SHARED_DIR");
   return env != nullptr && *env != '\0' ? std::string(env) : std::string(DPSERVE_FUZZ_SHARED_DIR);
+}
+
+// The fixed "now" (2024-07-26) the chat-template targets give strftime_now, so that a render is
+// a function of the input alone.
+inline std::tm fixed_now() {
+  std::tm now{};
+  now.tm_year = 124;
+  now.tm_mon = 6;
+  now.tm_mday = 26;
+  return now;
 }
 
 // Prints "FUZZ PROPERTY FAILED: <message>" and aborts, so libFuzzer saves the input as a crash.

@@ -2,6 +2,7 @@
 // Helpers for the multi-process server tests: greedy /generate calls, a server's child processes,
 // and waiting for processes to be gone.
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -102,6 +103,19 @@ inline bool all_gone(const std::vector<pid_t>& pids, std::chrono::milliseconds t
     if (std::chrono::steady_clock::now() > deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// SIGTERM to node 0 stops the whole cluster: node 0 and node 1 exit 0 within `timeout` and none
+// of their child processes (ranks, controller) outlives them.
+inline void expect_sigterm_stops_both(ServerProcess& node0, ServerProcess& node1,
+                                      std::chrono::seconds timeout = std::chrono::seconds(20)) {
+  std::vector<pid_t> all = children_of(node0.pid());
+  const std::vector<pid_t> all1 = children_of(node1.pid());
+  all.insert(all.end(), all1.begin(), all1.end());
+  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
+  EXPECT_EQ(node0.wait_exit(timeout), 0) << node0.log();
+  EXPECT_EQ(node1.wait_exit(timeout), 0) << node1.log();
+  EXPECT_TRUE(all_gone(all, std::chrono::seconds(5)));
 }
 
 }  // namespace dpserve_test

@@ -246,13 +246,7 @@ TEST_P(DpTwoNodes, GroupsOnBothNodesServeTheReference) {
   ASSERT_TRUE(flushed && flushed->status == 200) << (flushed ? flushed->body : "no answer");
   for (const json& g : dp_groups(node0)) EXPECT_TRUE(g["info"]["all_pages_free"].get<bool>());
 
-  std::vector<pid_t> ranks = children_of(node0.pid());
-  const std::vector<pid_t> ranks1 = children_of(node1.pid());
-  ranks.insert(ranks.end(), ranks1.begin(), ranks1.end());
-  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
-  EXPECT_EQ(node0.wait_exit(seconds(15)), 0) << node0.log();
-  EXPECT_EQ(node1.wait_exit(seconds(15)), 0) << node1.log();
-  EXPECT_TRUE(all_gone(ranks, seconds(5)));
+  expect_sigterm_stops_both(node0, node1, seconds(15));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -270,12 +270,7 @@ TEST(MultiNodeLifecycle, StartingThenRecoveryAcrossNodes) {
   EXPECT_EQ(info["ranks"][1]["state"], "alive");
   EXPECT_THAT(node1.log(), HasSubstr("node 0 restarts every rank (generation 1)"));
 
-  std::vector<pid_t> all = children_of(node0.pid());
-  all.push_back(after1[0]);
-  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
-  EXPECT_EQ(node0.wait_exit(seconds(20)), 0) << node0.log();
-  EXPECT_EQ(node1.wait_exit(seconds(20)), 0) << node1.log();
-  EXPECT_TRUE(all_gone(all, seconds(5)));
+  expect_sigterm_stops_both(node0, node1);
 }
 
 // Plain DP over two nodes (loopback): group 0 on node 0, group 1 on node 1. Node 1's rank is killed
@@ -354,12 +349,7 @@ TEST(MultiNodeLifecycle, PlainDpReplicaOnNode1Recovers) {
   EXPECT_EQ(info["ranks"][0]["restarts"], 1) << info.dump();
   EXPECT_EQ(info["ranks"][1]["restarts"], 2) << info.dump();
 
-  std::vector<pid_t> all = children_of(node0.pid());
-  for (pid_t p : children_of(node1.pid())) all.push_back(p);
-  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
-  EXPECT_EQ(node0.wait_exit(seconds(20)), 0) << node0.log();
-  EXPECT_EQ(node1.wait_exit(seconds(20)), 0) << node1.log();
-  EXPECT_TRUE(all_gone(all, seconds(5)));
+  expect_sigterm_stops_both(node0, node1);
 }
 
 // The data parallel controller among `server`'s children (its role flag), or 0.
@@ -574,13 +564,7 @@ TEST(MultiNodeLifecycle, KilledControllerRebindsItsTcpPorts) {
   EXPECT_EQ(scheduler_ranks(node0), before0);
   EXPECT_EQ(scheduler_ranks(nodes.node1), before1) << "node 1's leader was not restarted";
 
-  std::vector<pid_t> all = children_of(node0.pid());
-  const std::vector<pid_t> all1 = children_of(nodes.node1.pid());
-  all.insert(all.end(), all1.begin(), all1.end());
-  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
-  EXPECT_EQ(node0.wait_exit(seconds(20)), 0) << node0.log();
-  EXPECT_EQ(nodes.node1.wait_exit(seconds(20)), 0) << nodes.node1.log();
-  EXPECT_TRUE(all_gone(all, seconds(5)));
+  expect_sigterm_stops_both(node0, nodes.node1);
 }
 
 INSTANTIATE_TEST_SUITE_P(DpFaults, ControllerFaults,

@@ -106,31 +106,17 @@ TEST(TpServeBatch, ConcurrentGreedyEqualsTp1) {
 // Two "nodes" on loopback: node 0 serves, node 1 runs rank 1 and a /health endpoint; SIGTERM to
 // node 0 stops node 1 through the coordinator (both exit 0, no rank left behind).
 TEST(MultiNode, LoopbackTwoNodesServeAndStopTogether) {
-  const int coord_port = free_port();
-  const std::vector<std::string> common = {
-      "--tp-size",          "2",         "--nnodes",           "2",
-      "--node-0-address",   "127.0.0.1", "--coordinator-port", std::to_string(coord_port),
-      "--max-total-tokens", "4096",      "--cluster-secret",   "tp-loopback-secret"};
-  auto with = [&](std::vector<std::string> extra) {
-    extra.insert(extra.begin(), common.begin(), common.end());
-    return extra;
-  };
-  ServerProcess node1(with({"--node-rank", "1"}));
-  ServerProcess node0(with({"--node-rank", "0"}));
-  ASSERT_TRUE(node0.wait_healthy(seconds(60))) << node0.log() << node1.log();
-  ASSERT_TRUE(node1.wait_healthy(seconds(10))) << node1.log();
+  LoopbackNodes nodes(
+      {"--tp-size", "2", "--max-total-tokens", "4096", "--cluster-secret", "tp-loopback-secret"});
+  ASSERT_TRUE(nodes.wait_healthy(seconds(60)));
+  ServerProcess& node0 = nodes.node0;
+  ServerProcess& node1 = nodes.node1;
   const json ref = reference_outputs();
   EXPECT_EQ(greedy_ids(node0, ref["prompt_text"], 32),
             ref["greedy"]["ids"].get<std::vector<int>>());
 
-  std::vector<pid_t> ranks = children_of(node0.pid());
-  const std::vector<pid_t> ranks1 = children_of(node1.pid());
-  ranks.insert(ranks.end(), ranks1.begin(), ranks1.end());
-  EXPECT_EQ(ranks.size(), 2u);
-  ASSERT_EQ(::kill(node0.pid(), SIGTERM), 0);
-  EXPECT_EQ(node0.wait_exit(seconds(15)), 0) << node0.log();
-  EXPECT_EQ(node1.wait_exit(seconds(15)), 0) << node1.log();
-  EXPECT_TRUE(all_gone(ranks, seconds(5)));
+  EXPECT_EQ(children_of(node0.pid()).size() + children_of(node1.pid()).size(), 2u);
+  expect_sigterm_stops_both(node0, node1, seconds(15));
 }
 
 // A node whose coordinator does not answer gives up after --dist-timeout, naming the address.
