@@ -36,6 +36,29 @@ using namespace dpserve;
   for (;;) pause();
 }
 
+// Streams <count> BatchTokenIdOut rows (index 0, 1, ...) to <up>, then waits for an abort-all on
+// <down>: exit 0, 2 when a send failed, 3 when no abort came.
+int zmq_stream(ChildContext& child) {
+  const auto& args = child.args();
+  if (args.size() != 3) throw Error("zmq-stream needs <up> <down> <count>");
+  MessageSocket up(zmq::socket_type::push), down(zmq::socket_type::pull);
+  up.connect(args[0]);
+  down.connect(args[1]);
+  child.signal_ready({{"pid", getpid()}});
+  const int count = std::stoi(args[2]);
+  for (int i = 0; i < count; ++i) {
+    BatchTokenIdOut out;
+    TokenIdOut row;
+    row.rid = "r";
+    row.index = i;
+    row.new_token_ids = {i};
+    out.outputs.push_back(row);
+    if (!up.send(out, Millis(10000))) return 2;
+  }
+  std::optional<Message> ack = down.recv(Millis(10000));
+  return ack && std::holds_alternative<AbortReq>(*ack) ? 0 : 3;
+}
+
 int zmq_echo(ChildContext& child) {
   const auto& args = child.args();
   if (args.size() != 2) throw Error("zmq-echo needs <in> <out>");
@@ -126,6 +149,7 @@ int run(ChildContext& child) {
     wait_forever();
   }
   if (role == "zmq-echo") return zmq_echo(child);
+  if (role == "zmq-stream") return zmq_stream(child);
   child.signal_error("unknown role " + role);
   return 2;
 }

@@ -1,9 +1,6 @@
 // ZeroMQ helpers: PUSH/PULL over ipc:// in a RuntimeDir between threads, timeouts, polling
-// several sockets, garbage on the wire, and messages between two real processes (a fork and a
-// spawned child that answers requests).
-
-#include <sys/wait.h>
-#include <unistd.h>
+// several sockets, garbage on the wire, and messages between two real processes (spawned
+// children: one streams outputs, one answers requests).
 
 #include <chrono>
 #include <thread>
@@ -115,39 +112,20 @@ TEST(ZmqSocket, LongIpcPathsAreRejected) {
   EXPECT_EQ(ipc_endpoint("/tmp/x", "s"), "ipc:///tmp/x/s");
 }
 
-// A forked child (no exec) with its own context pushes messages and waits for an acknowledgement.
-TEST(ZmqSocket, MessagesBetweenForkedProcesses) {
+// A child process with its own context pushes messages and waits for an acknowledgement.
+TEST(ZmqSocket, MessagesBetweenProcesses) {
   RuntimeDir dir;
   MessageSocket from_child(zmq::socket_type::pull);
   from_child.bind(dir.endpoint("up"));
   MessageSocket to_child(zmq::socket_type::push);
   to_child.bind(dir.endpoint("down"));
   constexpr int kCount = 200;
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    int rc = 0;
-    {
-      zmq::context_t ctx(1);
-      MessageSocket up(zmq::socket_type::push, ctx), down(zmq::socket_type::pull, ctx);
-      up.connect(dir.endpoint("up"));
-      down.connect(dir.endpoint("down"));
-      for (int i = 0; i < kCount && rc == 0; ++i) {
-        BatchTokenIdOut out;
-        TokenIdOut row;
-        row.rid = "r";
-        row.index = i;
-        row.new_token_ids = {i};
-        out.outputs.push_back(row);
-        if (!up.send(out, Millis(10000))) rc = 2;
-      }
-      if (rc == 0) {
-        std::optional<Message> ack = down.recv(Millis(10000));
-        if (!ack || !std::holds_alternative<AbortReq>(*ack)) rc = 3;
-      }
-    }
-    _exit(rc);
-  }
+  // A spawned (exec'd) child, not a bare fork(): a fork of this multithreaded process (ZeroMQ's
+  // I/O threads) may copy a lock another thread holds, which hung the child under ASan.
+  ChildProcess child({.role = "zmq-stream",
+                      .args = {dir.endpoint("up"), dir.endpoint("down"), std::to_string(kCount)},
+                      .executable = IPC_TEST_CHILD});
+  child.wait_ready(Millis(10000));
   for (int i = 0; i < kCount; ++i) {
     std::optional<Message> m = from_child.recv(Millis(10000));
     ASSERT_TRUE(m.has_value()) << i;
@@ -156,10 +134,10 @@ TEST(ZmqSocket, MessagesBetweenForkedProcesses) {
     EXPECT_EQ(out.outputs[0].index, i);
   }
   ASSERT_TRUE(to_child.send(AbortReq{"", true}, Millis(10000)));
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  const std::optional<ExitStatus> status = child.wait_exit(Millis(10000));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(status->signal, 0);
+  EXPECT_EQ(status->code, 0);
 }
 
 // The layout of the server: the parent binds both ends, a spawned child connects and answers.
